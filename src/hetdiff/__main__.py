@@ -1,0 +1,5 @@
+import sys
+
+from hetdiff.cli import main
+
+sys.exit(main())
