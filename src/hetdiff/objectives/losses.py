@@ -1,0 +1,148 @@
+"""Training losses as small functions; each returns one loss per sample, shape (B,).
+
+All randomness (noise, times, label dropout) comes from the ``generator`` the training loop owns,
+so a resumed run draws exactly what an uninterrupted one would.
+
+DDPM (any discrete schedule): s ~ U{0..T-1}, x_s = alpha_s x0 + sigma_s eps,
+    loss = mean over dims of |net(x_s, s, cond) - target|^2, target in {eps, x0, v_ddpm}.
+Flow matching: t ~ p(t), x_t = (1 - t) x0 + t eps,
+    loss = mean over dims of |v(x_t, t, cond) - (eps - x0)|^2,
+with v any velocity model (a native flow net, or a DDPM net behind its adapter: a warm start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hetdiff.errors import HetdiffError
+from hetdiff.objectives.paths import DDPM_PREDICTIONS, ddpm_target
+from hetdiff.objectives.schedules import DiscreteSchedule, expand_time
+from hetdiff.objectives.velocity import FlowVelocity, VelocityModel
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+LossFn = Callable[[nn.Module, Tensor, "Tensor | None", torch.Generator], Tensor]
+
+
+def _per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
+    return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+
+
+def sample_flow_times(
+    n: int,
+    generator: torch.Generator,
+    device: torch.device | str,
+    sampling: str = "uniform",
+    t_range: tuple[float, float] = (0.0, 1.0),
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> Tensor:
+    """Times for flow training, shape (n,), in ``t_range``.
+
+    uniform: t ~ U(t_min, t_max). logit_normal (SD3): t = sigmoid(m + s z), z ~ N(0, 1), then
+    mapped affinely into t_range.
+    """
+    if sampling == "uniform":
+        u = torch.rand(n, generator=generator, device=device)
+    elif sampling == "logit_normal":
+        z = torch.randn(n, generator=generator, device=device)
+        u = torch.sigmoid(logit_mean + logit_std * z)
+    else:
+        raise HetdiffError(
+            f"unknown time sampling {sampling!r}; choose one of {', '.join(TIME_SAMPLINGS)}"
+        )
+    lo, hi = t_range
+    return lo + (hi - lo) * u
+
+
+def ddpm_loss(
+    net: nn.Module,
+    x0: Tensor,
+    schedule: DiscreteSchedule,
+    prediction: str,
+    generator: torch.Generator,
+    cond: Any = None,
+    learned_variance: bool = False,
+) -> Tensor:
+    """Per-sample DDPM loss at integer steps of ``schedule``; only the mean channels are trained
+    (learned-variance channels, when present, are ignored by the loss)."""
+    if prediction not in DDPM_PREDICTIONS:
+        raise HetdiffError(
+            f"unknown prediction type {prediction!r}; choose one of {', '.join(DDPM_PREDICTIONS)}"
+        )
+    n, device = x0.shape[0], x0.device
+    steps = torch.randint(0, schedule.num_train_timesteps, (n,), generator=generator, device=device)
+    eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+    alpha, sigma = schedule.alpha_sigma(steps.to(torch.float64))
+    alpha, sigma = alpha.to(device=device, dtype=x0.dtype), sigma.to(device=device, dtype=x0.dtype)
+    x_s = expand_time(alpha, x0) * x0 + expand_time(sigma, x0) * eps
+    out = net(x_s, steps.to(x0.dtype), cond)
+    if learned_variance:
+        out = out[:, : x0.shape[1]]
+    return _per_sample_mse(out, ddpm_target(prediction, x0, eps, alpha, sigma))
+
+
+def flow_loss(
+    velocity: VelocityModel,
+    x0: Tensor,
+    generator: torch.Generator,
+    cond: Any = None,
+    time_sampling: str = "uniform",
+) -> Tensor:
+    """Per-sample flow-matching loss |v(x_t, t) - (eps - x0)|^2 with t drawn inside the velocity
+    model's valid range."""
+    n, device = x0.shape[0], x0.device
+    t = sample_flow_times(n, generator, device, time_sampling, velocity.t_range).to(x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+    tb = expand_time(t, x0)
+    x_t = (1 - tb) * x0 + tb * eps
+    return _per_sample_mse(velocity(x_t, t, cond), eps - x0)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What an expert is trained on. ``prediction`` is "velocity" for flow."""
+
+    objective: str = "flow"  # "flow" | "ddpm"
+    prediction: str = "velocity"
+    time_sampling: str = "uniform"  # flow only
+    label_dropout: float = 0.1  # classifier-free guidance: P(label -> null)
+    learned_variance: bool = False
+
+
+def make_loss_fn(
+    config: ObjectiveConfig,
+    schedule: DiscreteSchedule | None = None,
+    wrap: Callable[[nn.Module], VelocityModel] | None = None,
+) -> LossFn:
+    """A ``loss_fn(model, x0, labels, generator) -> (B,)`` for the training loop.
+
+    ``wrap`` turns the trained module into a velocity model for flow training (a FlowVelocity for
+    a native flow net, a DDPMVelocity for a warm-started DDPM net). Class labels are replaced by
+    the null class (-1) with probability ``label_dropout``.
+    """
+    from hetdiff.models.conditioning import drop_labels
+
+    if config.objective == "ddpm" and schedule is None:
+        raise HetdiffError("a DDPM objective needs a schedule")
+    if config.objective not in ("ddpm", "flow"):
+        raise HetdiffError(f"unknown objective {config.objective!r}; choose one of ddpm, flow")
+
+    def loss_fn(
+        model: nn.Module, x0: Tensor, labels: Tensor | None, gen: torch.Generator
+    ) -> Tensor:
+        cond = None
+        if labels is not None:
+            cond = drop_labels(labels, config.label_dropout, gen)
+        if config.objective == "ddpm":
+            return ddpm_loss(
+                model, x0, schedule, config.prediction, gen, cond, config.learned_variance
+            )
+        velocity = wrap(model) if wrap is not None else FlowVelocity(model)
+        return flow_loss(velocity, x0, gen, cond, config.time_sampling)
+
+    return loss_fn
