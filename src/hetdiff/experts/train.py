@@ -1,0 +1,170 @@
+"""Train one expert in isolation: its own data shard, its own optimizer, its own checkpoint.
+
+Glue only: data (an ImageDataset, optionally one cluster of a partition) + a DiT + the loss its
+objective calls for + the generic training loop, writing ``out_dir/expert.safetensors`` (EMA
+weights, spec in the metadata) every checkpoint and at the end. Nothing here talks to any other
+expert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+import hetdiff
+from hetdiff.errors import HetdiffError
+from hetdiff.experts.spec import ExpertSpec
+from hetdiff.experts.store import save_expert
+from hetdiff.models.dit import DiT, dit_config
+from hetdiff.objectives.losses import ObjectiveConfig, make_loss_fn
+from hetdiff.objectives.schedules import ScheduleSpec, make_schedule
+from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
+from hetdiff.training.loop import TrainConfig, train
+
+EXPERT_FILE = "expert.safetensors"
+DEFAULT_PREDICTION = {"flow": "velocity", "ddpm": "eps"}
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    """What one expert's owner chooses. Defaults live here only."""
+
+    objective: str = "flow"  # "flow" | "ddpm"
+    prediction: str | None = None  # None: "velocity" for flow, "eps" for ddpm
+    schedule: str = "linear"  # ddpm: linear | cosine | scaled_linear
+    model: str = "tiny"  # a named DiT config
+    learned_variance: bool = False  # ddpm: extra variance output channels (not trained)
+    class_conditional: bool = True  # condition on class labels (with CFG label dropout)
+    label_dropout: float = 0.1  # P(label -> null class) during training
+    time_sampling: str = "logit_normal"  # flow: uniform | logit_normal
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    seed: int = 0
+    mixed_precision: str = "auto"
+    progress: bool = True
+
+    @property
+    def resolved_prediction(self) -> str:
+        return self.prediction or DEFAULT_PREDICTION.get(self.objective, "velocity")
+
+
+def build_expert_spec(
+    settings: ExpertSettings,
+    dataset: Any,
+    model_dict: dict[str, Any],
+    steps: int,
+    cluster_id: int | None = None,
+    num_clusters: int | None = None,
+    partition_fingerprint: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> ExpertSpec:
+    schedule = None
+    if settings.objective == "ddpm":
+        schedule = make_schedule(ScheduleSpec(name=settings.schedule)).spec.to_dict()
+    conditional = settings.class_conditional
+    return ExpertSpec(
+        objective=settings.objective,
+        prediction=settings.resolved_prediction,
+        schedule=schedule,
+        learned_variance=settings.learned_variance,
+        model=model_dict,
+        cluster_id=cluster_id,
+        num_clusters=num_clusters,
+        data_spec=dataset.spec,
+        data_fingerprint=dataset.fingerprint,
+        partition_fingerprint=partition_fingerprint,
+        resolution=dataset.resolution,
+        channels=dataset.channels,
+        num_classes=dataset.num_classes if conditional else 0,
+        class_names=tuple(dataset.class_names) if conditional else (),
+        steps=steps,
+        time_scale=DEFAULT_TIME_SCALE,
+        provenance=provenance or {},
+        hetdiff_version=hetdiff.__version__,
+    )
+
+
+def build_expert_net(settings: ExpertSettings, dataset: Any) -> tuple[DiT, dict[str, Any]]:
+    """A fresh DiT sized for the data; returns (net, model dict for the spec)."""
+    num_classes = dataset.num_classes if settings.class_conditional else 0
+    config = dit_config(
+        settings.model,
+        input_size=dataset.resolution,
+        in_channels=dataset.channels,
+        num_classes=num_classes,
+        learned_sigma=settings.learned_variance,
+    )
+    return DiT(config), {"arch": "dit", "name": settings.model, **config.to_dict()}
+
+
+def train_expert(
+    dataset: Any,
+    settings: ExpertSettings,
+    out_dir: str | Path,
+    cluster_id: int | None = None,
+    num_clusters: int | None = None,
+    partition_fingerprint: str | None = None,
+    resume: bool = False,
+    init_state: dict[str, Tensor] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Train one expert on ``dataset`` (already restricted to its shard); return the checkpoint.
+
+    ``init_state`` starts from given weights (a warm start); ``resume`` continues an interrupted
+    run of the same settings exactly.
+    """
+    if settings.objective not in DEFAULT_PREDICTION:
+        raise HetdiffError(f"unknown objective {settings.objective!r}; choose one of ddpm, flow")
+    if len(dataset) == 0:
+        raise HetdiffError("the expert's data shard is empty; pick another cluster or dataset")
+    out_dir = Path(out_dir)
+    net, model_dict = build_expert_net(settings, dataset)
+    if init_state is not None:
+        net.load_state_dict(init_state, strict=True)
+    schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
+    objective = ObjectiveConfig(
+        objective=settings.objective,
+        prediction=settings.resolved_prediction,
+        time_sampling=settings.time_sampling,
+        label_dropout=settings.label_dropout,
+        learned_variance=settings.learned_variance,
+    )
+    loss_fn = make_loss_fn(objective, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
+    config = TrainConfig(
+        steps=settings.steps,
+        batch_size=min(settings.batch_size, len(dataset)),
+        lr=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        grad_clip=settings.grad_clip,
+        ema_decay=settings.ema_decay,
+        checkpoint_every=settings.checkpoint_every,
+        seed=settings.seed,
+        mixed_precision=settings.mixed_precision,
+        progress=settings.progress,
+    )
+    checkpoint = out_dir / EXPERT_FILE
+
+    def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:
+        spec = build_expert_spec(
+            settings,
+            dataset,
+            model_dict,
+            step,
+            cluster_id,
+            num_clusters,
+            partition_fingerprint,
+            provenance,
+        )
+        save_expert(checkpoint, ema_state, spec)
+
+    labels = dataset.labels if settings.class_conditional else None
+    train(net, dataset.images, labels, loss_fn, config, out_dir, on_checkpoint, resume=resume)
+    return checkpoint
