@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
             allow_missing=args.allow_missing,
             seed=args.seed,
         )
-        spec = velocity.specs[0]
+        from hetdiff.experts.store import list_experts
+
+        spec = list_experts(args.experts)[0][1]
         num_classes, class_names = spec.num_classes, spec.class_names
         shape = (spec.channels, spec.resolution, spec.resolution)
     labels = class_labels_for(args.n, num_classes, args.class_choice, class_names)

@@ -1,0 +1,511 @@
+"""The training loop: AdamW + warmup + clipping + EMA on Hugging Face Accelerate.
+
+The loop knows nothing about objectives: it calls ``loss_fn(model, x0, labels, generator)`` and
+minimizes the mean of the per-sample losses it returns. One code path runs single-process
+(CPU or GPU) and under ``torchrun`` / ``accelerate launch`` (DDP).
+
+Batches. ``config.batch_size`` is the *global* batch of one optimizer step, split over
+``grad_accum`` micro-steps and ``num_processes`` ranks: micro-batch j of the step's index block
+is ``block[j*m:(j+1)*m]`` with m = batch_size / grad_accum, and rank r takes ``[r::world]`` of it.
+The gradient is the mean over the whole global batch, whatever the split.
+
+Determinism and resume. Epoch e visits ``randperm(N)`` drawn from a generator seeded by
+(seed, e) and drops the incomplete tail; the (epoch, position) pair is saved. All randomness of
+the loss comes from ``generator``, seeded by (seed, rank) on the training device and saved with
+torch's global CPU/CUDA RNG states. A resumed run therefore continues bitwise like one that was
+never stopped (same process count, same hardware).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+import hetdiff
+from hetdiff.errors import HetdiffError
+from hetdiff.io import atomic_write_json, atomic_write_text
+from hetdiff.training import state as state_io
+from hetdiff.training.ema import EMA
+
+LossFn = Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], Tensor]
+"""loss_fn(model, x0 (B, C, H, W), labels (B,) int64 or None, generator) -> per-sample loss (B,).
+
+All randomness (noise, t, label dropout) must come from ``generator``, which the loop owns."""
+
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+# Fields whose change alters the optimization; a resume must keep them.
+RESUME_FIXED_FIELDS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "betas",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup",
+    "grad_accum",
+    "seed",
+)
+STATE_DIRNAME = "train_state"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings. Defaults live here only."""
+
+    steps: int = 1000  # optimizer steps in total (a resume trains up to this count)
+    batch_size: int = 64  # global batch per optimizer step (all processes x micro-steps)
+    lr: float = 3e-4  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decays
+    warmup_steps: int = 100  # linear warmup: step k (0-based) uses lr * min(1, (k+1)/warmup)
+    grad_clip: float = 1.0  # max global gradient L2 norm; 0 disables clipping
+    ema_decay: float = 0.999  # EMA decay of the weights
+    ema_warmup: bool = True  # EMA decay min(ema_decay, (1+n)/(10+n)) after n updates
+    grad_accum: int = 1  # micro-steps per optimizer step
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" | "auto" (bf16 where supported)
+    checkpoint_every: int = 500  # steps between resumable states (and on_checkpoint calls)
+    log_every: int = 10  # steps between JSONL log lines
+    seed: int = 0  # seeds data order, loss noise and torch's global RNG
+    progress: bool = True  # tqdm bar on the main process
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HetdiffError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise HetdiffError(f"lr must be a positive number, got {self.lr!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise HetdiffError(
+                "warmup_steps, weight_decay and grad_clip must be >= 0, got "
+                f"{self.warmup_steps}, {self.weight_decay}, {self.grad_clip}"
+            )
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise HetdiffError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise HetdiffError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise HetdiffError(
+                f"unknown mixed_precision {self.mixed_precision!r}; use one of {MIXED_PRECISION}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (betas as a list)."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` hands back; the trained model itself is updated in place."""
+
+    steps: int
+    final_loss: float
+    ema_state: dict[str, Tensor] = field(repr=False)
+    log_path: Path
+
+
+class TrainingDivergedError(HetdiffError):
+    """The loss or gradient became nan/inf; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """LR multiplier for optimizer step ``step`` (0-based): min(1, (step + 1) / warmup_steps)."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """The learning rate optimizer step ``step`` (0-based) uses: lr * warmup_factor."""
+    return config.lr * warmup_factor(step, config.warmup_steps)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, e.g. (seed, "noise", rank); stable across runs."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> Tensor:
+    """The visiting order of epoch ``epoch``: randperm from a generator seeded by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    return torch.randperm(num_items, generator=generator)
+
+
+def resolve_mixed_precision(requested: str, device: torch.device | None = None) -> str:
+    """ "auto" -> "bf16" on a CUDA device that supports it, else "no"; other values pass."""
+    if requested != "auto":
+        return requested
+    on_cuda = (device is None or device.type == "cuda") and torch.cuda.is_available()
+    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+
+
+def data_fingerprint(images: Tensor, labels: Tensor | None) -> str:
+    """sha256 over the shapes, dtypes and bytes of the training tensors (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_inputs(images: Tensor, labels: Tensor | None, config: TrainConfig, world: int) -> None:
+    if images.ndim != 4 or not images.is_floating_point():
+        raise HetdiffError(
+            f"images must be a float tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    if labels is not None and (labels.shape != (images.shape[0],) or labels.dtype != torch.int64):
+        raise HetdiffError(
+            f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
+            f"{tuple(labels.shape)}"
+        )
+    split = world * config.grad_accum
+    if config.batch_size % split:
+        raise HetdiffError(
+            f"batch_size {config.batch_size} is not divisible by processes x grad_accum = {split}"
+        )
+    if images.shape[0] < config.batch_size:
+        raise HetdiffError(
+            f"the data has {images.shape[0]} images, fewer than batch_size {config.batch_size}"
+        )
+
+
+def _check_resume(
+    meta: dict[str, Any],
+    config: TrainConfig,
+    precision: str,
+    world: int,
+    fingerprint: str,
+    directory: Path,
+) -> None:
+    saved = meta["config"]
+    current = config.to_dict()
+    for name in RESUME_FIXED_FIELDS:
+        if saved.get(name) != current[name]:
+            raise HetdiffError(
+                f"cannot resume: {name} is {current[name]!r} but the state in {directory} was "
+                f"trained with {saved.get(name)!r}; pass the same {name} or start a new run"
+            )
+    if meta["mixed_precision"] != precision:
+        raise HetdiffError(
+            f"cannot resume: mixed_precision resolves to {precision!r} but the state was trained "
+            f"with {meta['mixed_precision']!r}; pass --mixed-precision {meta['mixed_precision']}"
+        )
+    if meta["world_size"] != world:
+        raise HetdiffError(
+            f"cannot resume: the state in {directory} was trained by {meta['world_size']} "
+            f"processes, this run has {world}; relaunch with {meta['world_size']}"
+        )
+    if meta["data_fingerprint"] != fingerprint:
+        raise HetdiffError(
+            f"cannot resume: the training data differs from the run in {directory} (fingerprint "
+            f"{fingerprint} vs {meta['data_fingerprint']}); resume with the same data"
+        )
+    if meta["step"] > config.steps:
+        raise HetdiffError(
+            f"cannot resume: the state is at step {meta['step']}, beyond steps={config.steps}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | None,
+    loss_fn: LossFn,
+    config: TrainConfig,
+    out_dir: str | Path,
+    on_checkpoint: Callable[[dict[str, Tensor], int], None] | None = None,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+) -> TrainResult:
+    """Train ``model`` in place to ``config.steps`` optimizer steps; return the EMA weights.
+
+    images: (N, C, H, W) float, labels: (N,) int64 or None, on CPU (batches move to the device).
+    Writes ``out_dir/log.jsonl`` (step, loss, lr, images_per_s, elapsed_s), the resolved config
+    ``out_dir/train_config.json`` and the resumable state ``out_dir/train_state/`` every
+    ``checkpoint_every`` steps and at the end, then calls ``on_checkpoint(ema_state_cpu, step)``
+    on the main process. ``resume=True`` continues bitwise from the last committed state.
+    ``out_dir`` must be on a filesystem every process sees. Raises TrainingDivergedError when
+    the loss or gradient norm becomes nan/inf (the last good state is kept).
+    """
+    out_dir = Path(out_dir)
+    state_root = out_dir / STATE_DIRNAME
+    log_path = out_dir / LOG_NAME
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator is None:
+        accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(config.mixed_precision),
+            # Accelerate ignores torchrun on a machine without CUDA unless told cpu=True.
+            cpu=launched_world > 1 and not torch.cuda.is_available(),
+        )
+    if accelerator.num_processes != launched_world:
+        raise HetdiffError(
+            f"launched with WORLD_SIZE={launched_world} but the Accelerator runs "
+            f"{accelerator.num_processes} process(es); on CPU pass Accelerator(cpu=True)"
+        )
+    precision = resolve_mixed_precision(config.mixed_precision, accelerator.device)
+    if accelerator.mixed_precision != precision:
+        raise HetdiffError(
+            f"mixed_precision {config.mixed_precision!r} resolves to {precision!r} but the given "
+            f"Accelerator uses {accelerator.mixed_precision!r}; make them agree"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        raise HetdiffError(
+            "pass gradient accumulation as TrainConfig.grad_accum, not to Accelerator"
+        )
+    world, rank, is_main = (
+        accelerator.num_processes,
+        accelerator.process_index,
+        accelerator.is_main_process,
+    )
+    _check_inputs(images, labels, config, world)
+    device = accelerator.device
+
+    manifest = state_io.read_manifest(state_root)
+    if resume and manifest is None:
+        raise HetdiffError(f"nothing to resume in {state_root}; run without --resume to start")
+    if not resume and manifest is not None:
+        raise HetdiffError(
+            f"{out_dir} already holds training state at step {manifest['step']}; pass --resume "
+            "to continue it or choose a new output directory"
+        )
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    scheduler = LambdaLR(optimizer, partial(warmup_factor, warmup_steps=config.warmup_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    ema = EMA(raw_model, config.ema_decay, config.ema_warmup)
+    noise = torch.Generator(device=device)
+    fingerprint = data_fingerprint(images, labels)
+
+    step, epoch, position, elapsed_before, last_loss = 0, 0, 0, 0.0, math.nan
+    last_good: int | None = None
+    if resume:
+        saved = state_io.load_train_state(state_root, rank)
+        meta = saved.meta
+        _check_resume(meta, config, precision, world, fingerprint, saved.directory)
+        try:
+            raw_model.load_state_dict(saved.model, strict=True)
+        except RuntimeError as err:
+            first_line = str(err).splitlines()[0]
+            raise HetdiffError(
+                f"cannot resume: the model differs from the saved one ({first_line})"
+            ) from err
+        ema.load_state_dict(saved.ema, meta["ema_num_updates"])
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(meta["scheduler"])
+        if accelerator.scaler is not None and meta.get("grad_scaler") is not None:
+            accelerator.scaler.load_state_dict(meta["grad_scaler"])
+        state_io.restore_rng(saved.rng, noise)
+        step, epoch, position = saved.step, meta["epoch"], meta["position"]
+        elapsed_before, last_loss, last_good = meta["elapsed_s"], meta["last_loss"], saved.step
+        if is_main:
+            state_io.trim_log(log_path, step)
+    else:
+        torch.manual_seed(derive_seed(config.seed, "torch", rank))
+        noise.manual_seed(derive_seed(config.seed, "noise", rank))
+        if is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(log_path, "")
+    if is_main:
+        resolved = {**config.to_dict(), "mixed_precision_resolved": precision, "world_size": world}
+        atomic_write_json(out_dir / "train_config.json", resolved)
+    accelerator.wait_for_everyone()
+
+    def save_state() -> None:
+        directory = state_io.step_dir(state_root, step)
+        if is_main:
+            state_io.prepare_step_dir(state_root, step)
+        accelerator.wait_for_everyone()
+        state_io.write_rank_state(directory, rank, state_io.capture_rng(noise))
+        if is_main:
+            scaler = accelerator.scaler
+            meta = {
+                "step": step,
+                "epoch": epoch,
+                "position": position,
+                "ema_num_updates": ema.num_updates,
+                "scheduler": state_io.flatten_tree(scheduler.state_dict())[0],
+                "grad_scaler": None if scaler is None else scaler.state_dict(),
+                "config": config.to_dict(),
+                "mixed_precision": precision,
+                "world_size": world,
+                "data_fingerprint": fingerprint,
+                "elapsed_s": elapsed_before + (time.perf_counter() - start),
+                "last_loss": last_loss,
+                "hetdiff_version": hetdiff.__version__,
+            }
+            state_io.write_shared_state(
+                directory,
+                model=raw_model.state_dict(),
+                ema=ema.state_dict(),
+                optimizer=optimizer.state_dict(),
+                meta=meta,
+            )
+        accelerator.wait_for_everyone()
+        if is_main:
+            state_io.commit(state_root, step, world)
+        accelerator.wait_for_everyone()
+
+    def diverged(what: str, value: float) -> TrainingDivergedError:
+        kept = (
+            f"last good checkpoint at step {last_good} kept in {state_root}"
+            if last_good is not None
+            else "no checkpoint was written yet"
+        )
+        return TrainingDivergedError(
+            f"{what} became {value} at step {step + 1}; {kept}; lower --lr (now {config.lr}), "
+            "raise --warmup-steps or --grad-clip, or use --mixed-precision no, then --resume"
+        )
+
+    num_items = images.shape[0]
+    order = epoch_permutation(num_items, config.seed, epoch)
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc="train",
+        disable=not (config.progress and is_main),
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    try:
+        model.train()
+        while step < config.steps:
+            if position + config.batch_size > num_items:
+                epoch, position = epoch + 1, 0
+                order = epoch_permutation(num_items, config.seed, epoch)
+            block = order[position : position + config.batch_size]
+            position += config.batch_size
+
+            step_loss = _accumulate_gradients(
+                model, images, labels, block, loss_fn, noise, config, accelerator
+            )
+            loss_value = float(step_loss)
+            if not math.isfinite(loss_value):
+                raise diverged("loss", loss_value)
+            max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+            if not math.isfinite(grad_norm) and accelerator.scaler is None:
+                raise diverged("gradient norm", grad_norm)
+            lr_used = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(raw_model)
+            step += 1
+            last_loss = loss_value
+            window_loss, window_steps = window_loss + loss_value, window_steps + 1
+            bar.update(1)
+
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                window_images = window_steps * config.batch_size
+                record = {
+                    "step": step,
+                    "loss": window_loss / window_steps,  # mean over the steps since last line
+                    "lr": lr_used,
+                    "images_per_s": window_images / max(now - window_start, 1e-9),
+                    "elapsed_s": elapsed_before + (now - start),
+                }
+                if is_main:
+                    with open(log_path, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{lr_used:.3g}")
+                window_loss, window_steps, window_start = 0.0, 0, now
+
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_state()
+                last_good = step
+                if on_checkpoint is not None and is_main:
+                    on_checkpoint(_cpu_clone(ema.state_dict()), step)
+    finally:
+        bar.close()
+    return TrainResult(
+        steps=step,
+        final_loss=last_loss,
+        ema_state=_cpu_clone(ema.state_dict()),
+        log_path=log_path,
+    )
+
+
+def _accumulate_gradients(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | None,
+    block: Tensor,
+    loss_fn: LossFn,
+    noise: torch.Generator,
+    config: TrainConfig,
+    accelerator: Accelerator,
+) -> Tensor:
+    """Backpropagate one optimizer step's global batch ``block`` (indices) in micro-steps.
+
+    Micro-step j takes rows ``block[j*m:(j+1)*m][rank::world]`` (m = batch_size / grad_accum)
+    and backpropagates mean(loss) / grad_accum; DDP averages over ranks on the last micro-step
+    only. Returns the step's loss (mean over the global batch) as a 0-d tensor.
+    """
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    micro = config.batch_size // config.grad_accum
+    step_loss = torch.zeros((), device=device)
+    for j in range(config.grad_accum):
+        rows = block[j * micro : (j + 1) * micro][rank::world]
+        x0 = images[rows].to(device, non_blocking=True)
+        y = None if labels is None else labels[rows].to(device, non_blocking=True)
+        last_micro = j == config.grad_accum - 1
+        sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
+        with sync:
+            per_sample = loss_fn(model, x0, y, noise)
+            if per_sample.shape != (x0.shape[0],):
+                raise HetdiffError(
+                    f"loss_fn must return a per-sample loss of shape ({x0.shape[0]},), got "
+                    f"{tuple(per_sample.shape)}"
+                )
+            loss = per_sample.float().mean()
+            accelerator.backward(loss / config.grad_accum)
+        step_loss += loss.detach() / config.grad_accum
+    if world > 1:
+        step_loss = accelerator.reduce(step_loss, reduction="mean")
+    return step_loss
+
+
+def _cpu_clone(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
