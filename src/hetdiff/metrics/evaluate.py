@@ -6,22 +6,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from hetdiff.data.features import default_cache_dir
 from hetdiff.metrics.diversity import image_features, intra_class_diversity
-from hetdiff.metrics.fid import fid_against, reference_stats
+from hetdiff.metrics.fid import (
+    fid_against,
+    frechet_distance,
+    gaussian_stats,
+    inception_features,
+    reference_features,
+)
 from hetdiff.metrics.flops import forward_flops, solver_nfe, strategy_flops
 
 
-def _reference(dataset: Any, n: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+def _reference_rows(dataset: Any, n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(dataset), generator=gen)[: min(n, len(dataset))]
-    return reference_stats(
-        dataset.images[rows], f"{dataset.fingerprint}|{dataset.resolution}|{key}|{len(rows)}|{seed}",
-        default_cache_dir(),
-    )  # fmt: skip
+    return torch.randperm(len(dataset), generator=gen)[: min(n, len(dataset))]
 
 
 def evaluate_run(run: Any) -> dict[str, Any]:
@@ -37,7 +38,19 @@ def evaluate_run(run: Any) -> dict[str, Any]:
     partition = Partition.load(str(run.partition_path))
     metrics: dict[str, Any] = {"strategies": {}, "experts": {}, "config": cfg.to_dict()}
     names = list(cfg.sample.strategies) + [f"expert-{k}" for k in range(len(cfg.experts))]
-    reference = _reference(dataset, ev.reference_n, cfg.seed, "all") if ev.fid else None
+    reference = cluster_refs = None
+    if ev.fid:
+        rows = _reference_rows(dataset, ev.reference_n, cfg.seed)
+        key = f"{dataset.fingerprint}|{dataset.resolution}|{len(rows)}|{cfg.seed}"
+        feats = reference_features(dataset.images[rows], key, default_cache_dir(), progress=True)
+        reference = gaussian_stats(feats)
+        ref_clusters = partition.cluster_of(dataset.ids[rows])
+        # per-cluster references reuse the reference features of that cluster's rows
+        cluster_refs = {
+            k: gaussian_stats(feats[ref_clusters == k])
+            for k in range(partition.k)
+            if (ref_clusters == k).sum() >= 2
+        }
     for name in names:
         t0 = time.time()
         images, labels = load_samples(run.samples_dir / f"{name}.safetensors")
@@ -45,15 +58,13 @@ def evaluate_run(run: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"n": len(images)}
         if name.startswith("expert-"):
             k = int(name.split("-")[1])
-            shard = dataset.subset(partition.ids_of(k))
             entry["cluster"] = k
-            entry["cluster_size"] = len(shard)
+            entry["cluster_size"] = int(partition.sizes[k])
             if ev.fid:
-                cluster_ref = _reference(
-                    shard, ev.reference_n // len(cfg.experts), cfg.seed, f"c{k}"
-                )
-                entry["fid_own_cluster"] = fid_against(images, cluster_ref)
-                entry["fid"] = fid_against(images, reference)
+                stats = gaussian_stats(inception_features(images))
+                entry["fid"] = frechet_distance(*stats, *reference)
+                if k in cluster_refs:
+                    entry["fid_own_cluster"] = frechet_distance(*stats, *cluster_refs[k])
             metrics["experts"][name] = entry
         else:
             if ev.fid:

@@ -107,6 +107,28 @@ def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return frechet_distance(*gaussian_stats(features_a), *gaussian_stats(features_b))
 
 
+def reference_features(
+    images: Tensor,
+    key: str,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Inception features (N, 2048) of real images, cached as ``cache_dir/fid-<hash>.npy`` by
+    ``key`` (e.g. dataset fingerprint + resolution + rows). Written atomically; read without
+    pickles. Keeping features (not only statistics) lets subsets, such as one cluster, reuse them.
+    """
+    digest = hashlib.sha256(f"{key}|{INCEPTION_FILE}".encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"fid-{digest}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    feats = inception_features(images, device=device, progress=progress)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, feats, allow_pickle=False)
+    return feats
+
+
 def reference_stats(
     images: Tensor,
     key: str,
@@ -114,18 +136,8 @@ def reference_stats(
     device: str = "cpu",
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inception statistics of real images, cached as ``cache_dir/fid-<hash>.npz`` by ``key``
-    (e.g. dataset fingerprint + resolution + count). Written atomically; read without pickles."""
-    digest = hashlib.sha256(f"{key}|{INCEPTION_FILE}".encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"fid-{digest}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            return data["mu"], data["cov"]
-    mu, cov = gaussian_stats(inception_features(images, device=device, progress=progress))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, mu=mu, cov=cov)
-    return mu, cov
+    """Gaussian statistics of :func:`reference_features` (cached the same way)."""
+    return gaussian_stats(reference_features(images, key, cache_dir, device, progress))
 
 
 def fid_against(

@@ -1,0 +1,411 @@
+"""Diffusion Transformer with AdaLN-Single modulation (DiT backbone, PixArt-alpha conditioning).
+
+Data flow (B = batch, N = patch tokens, D = hidden width, L = text tokens):
+
+    x (B, C, H, W) --patchify + fixed sin-cos positions--> tokens (B, N, D)
+    t (B,) float   --sinusoid + MLP--> t_emb (B, D);  c = t_emb [+ class embedding]  (B, D)
+    c --t_block (SiLU, Linear D -> 6D), shared by all blocks--> t0 (B, 6, D)
+    each block: (shift, scale, gate) x (attention, MLP) = its own scale_shift_table (6, D) + t0
+        x = x + gate_msa * SelfAttn(LN(x) * (1 + scale_msa) + shift_msa)
+        x = x + CrossAttn(x, text keys)                               (only with context_dim)
+        x = x + gate_mlp * MLP(LN(x) * (1 + scale_mlp) + shift_mlp)
+    final: shift, scale = its own table (2, D) + c;  Linear(LN(x) * (1 + scale) + shift)
+    --unpatchify--> (B, out_channels, H, W)
+
+AdaLN-Single replaces DiT's per-block adaLN MLP (6 D^2 parameters per block) with one shared
+``t_block`` plus a (6, D) table per block. ``t_block``'s last Linear and the output Linear
+start at zero, so an untrained model outputs exactly 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hetdiff.errors import HetdiffError
+from hetdiff.models.conditioning import Conditioning, as_conditioning
+from hetdiff.models.embeddings import ContextEmbedder, LabelEmbedder, PatchEmbed, TimestepEmbedder
+
+#################################################################################
+#                                   Config                                      #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of one DiT. Defaults are the CPU-sized "tiny" model for 28x28 grayscale."""
+
+    input_size: int = 28  # image side H = W, in pixels (or latent cells)
+    in_channels: int = 1  # C of the input image
+    patch_size: int = 2  # P: side of a square patch; N = (input_size / P)^2 tokens
+    hidden_size: int = 64  # D: token width
+    depth: int = 4  # number of transformer blocks
+    num_heads: int = 4  # attention heads; D / num_heads is the head width
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D
+    num_classes: int = 0  # 0 = no class conditioning; else labels in [0, num_classes) or -1
+    learned_sigma: bool = False  # output 2C channels: eps and DDPM variance interpolation
+    context_dim: int | None = None  # text-token width E; set to add cross-attention
+
+    def __post_init__(self) -> None:
+        for name in (
+            "input_size",
+            "in_channels",
+            "patch_size",
+            "hidden_size",
+            "depth",
+            "num_heads",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise HetdiffError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
+        if self.input_size % self.patch_size:
+            raise HetdiffError(
+                f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}; "
+                "pick a patch size that divides the image side"
+            )
+        if self.hidden_size % self.num_heads:
+            raise HetdiffError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
+                "pick a head count that divides the width"
+            )
+        if self.hidden_size % 4:
+            raise HetdiffError(
+                f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos positions)"
+            )
+        if self.mlp_ratio <= 0:
+            raise HetdiffError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.num_classes < 0:
+            raise HetdiffError(
+                f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}"
+            )
+        if self.context_dim is not None and self.context_dim < 1:
+            raise HetdiffError(
+                f"context_dim must be a positive integer or None, got {self.context_dim}"
+            )
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: C, or 2C with a learned variance."""
+        return 2 * self.in_channels if self.learned_sigma else self.in_channels
+
+    @property
+    def num_patches(self) -> int:
+        """N, the number of patch tokens."""
+        return (self.input_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (they would be silently ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise HetdiffError(f"unknown DiTConfig keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+
+#################################################################################
+#                               Transformer block                               #
+#################################################################################
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """x * (1 + scale) + shift, with (B, N, D) x and (B, 1, D) shift/scale."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection; (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, D/heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D/heads)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from image tokens (B, N, D) to text keys (B, M, D) under a key mask."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(hidden_size, hidden_size)
+        self.kv = nn.Linear(hidden_size, 2 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, keys: Tensor, key_mask: Tensor) -> Tensor:
+        B, N, D = x.shape
+        M, heads = keys.shape[1], self.num_heads
+        q = self.q(x).view(B, N, heads, D // heads).transpose(1, 2)  # (B, heads, N, D/heads)
+        kv = self.kv(keys).view(B, M, 2, heads, D // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, heads, M, D/heads)
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, M) bool, True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, N, D/heads)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU(tanh) -> Linear; (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, hidden_size: int, mlp_ratio: float):
+        super().__init__()
+        inner = int(hidden_size * mlp_ratio)
+        self.fc1 = nn.Linear(hidden_size, inner)
+        self.fc2 = nn.Linear(inner, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """One AdaLN-Single block: modulated self-attention, optional cross-attention, modulated MLP."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(D, config.num_heads)
+        self.cross_attn = None
+        if config.context_dim is not None:
+            self.cross_attn = CrossAttention(D, config.num_heads)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(D, config.mlp_ratio)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)  # (6, D)
+
+    def forward(
+        self, x: Tensor, t0: Tensor, keys: Tensor | None = None, key_mask: Tensor | None = None
+    ) -> Tensor:
+        """x (B, N, D), t0 (B, 6, D) from the shared t_block, keys (B, M, D) -> (B, N, D)."""
+        mod = self.scale_shift_table[None] + t0  # (B, 6, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(x, keys, key_mask)  # PixArt: no norm, no modulation here
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x
+
+
+#################################################################################
+#                                 Final layer                                   #
+#################################################################################
+
+
+class FinalLayer(nn.Module):
+    """(B, N, D) tokens and conditioning c (B, D) -> (B, N, P*P*C_out) patch values."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = (self.scale_shift_table[None] + c[:, None]).chunk(2, dim=1)  # (B, 1, D)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+#################################################################################
+#                                    Model                                      #
+#################################################################################
+
+
+class DiT(nn.Module):
+    """AdaLN-Single Diffusion Transformer: ``forward(x, t, cond) -> prediction``, same H, W.
+
+    The output is whatever the objective trains it to be (flow velocity, eps, x0, ...); with
+    ``learned_sigma`` the last C channels are the DDPM variance interpolation.
+    """
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        D = config.hidden_size
+        self.x_embedder = PatchEmbed(config.input_size, config.patch_size, config.in_channels, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = LabelEmbedder(config.num_classes, D) if config.num_classes else None
+        self.context_embedder = None
+        if config.context_dim is not None:
+            self.context_embedder = ContextEmbedder(config.context_dim, D)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # shared AdaLN-Single
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.final_layer = FinalLayer(D, config.patch_size, config.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT/PixArt init: xavier Linears, N(0, 0.02) embeddings, zeros where output starts.
+
+        Zeroed: ``t_block``'s Linear, each cross-attention output projection, the final Linear.
+        The (6, D) and (2, D) tables keep their randn / sqrt(D) init.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        conv = self.x_embedder.proj
+        nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+        nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        if self.context_embedder is not None:
+            nn.init.normal_(self.context_embedder.proj[0].weight, std=0.02)
+            nn.init.normal_(self.context_embedder.proj[2].weight, std=0.02)
+        for block in self.blocks:
+            if block.cross_attn is not None:
+                nn.init.zeros_(block.cross_attn.proj.weight)
+                nn.init.zeros_(block.cross_attn.proj.bias)
+        nn.init.zeros_(self.t_block[1].weight)
+        nn.init.zeros_(self.t_block[1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ---------------------------------------------------------------- helpers
+    def _check_input(self, x: Tensor, timestep: Tensor) -> Tensor:
+        """Validate x and return the timesteps as a (B,) tensor."""
+        cfg = self.config
+        expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise HetdiffError(
+                f"DiT expects x of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got "
+                f"{tuple(x.shape)}; resize the data or build the model with matching "
+                "in_channels/input_size"
+            )
+        timestep = torch.as_tensor(timestep, device=x.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(x.shape[0])
+        if tuple(timestep.shape) != (x.shape[0],):
+            raise HetdiffError(
+                f"timestep must be a scalar or shape ({x.shape[0]},), got {tuple(timestep.shape)}"
+            )
+        return timestep
+
+    def _class_embedding(self, labels: Tensor | None, batch_size: int) -> Tensor | None:
+        """(B, D) class embedding, or None for an unconditional model. Missing labels = null."""
+        if self.y_embedder is None:
+            if labels is not None:
+                raise HetdiffError(
+                    "class labels were given to an unconditional model (num_classes=0); "
+                    "drop them or build the model with num_classes > 0"
+                )
+            return None
+        num_classes = self.config.num_classes
+        if labels is None:
+            labels = torch.full(
+                (batch_size,), -1, dtype=torch.long, device=self.t_block[1].weight.device
+            )
+        if labels.shape != (batch_size,):
+            raise HetdiffError(
+                f"class_labels must have shape ({batch_size},), got {tuple(labels.shape)}"
+            )
+        if labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
+            raise HetdiffError(
+                f"class labels must be in [0, {num_classes}) or -1 (null), got range "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        return self.y_embedder(labels)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, N, P*P*C_out) -> (B, C_out, H, W), patches in row-major grid order."""
+        B, P, C = patches.shape[0], self.config.patch_size, self.config.out_channels
+        grid = self.config.input_size // P
+        x = patches.view(B, grid, grid, P, P, C)  # (B, h, w, p, q, c)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # (B, c, h, p, w, q)
+        return x.reshape(B, C, grid * P, grid * P)
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self, x: Tensor, timestep: Tensor, cond: Conditioning | Tensor | None = None
+    ) -> Tensor:
+        """Predict from a noisy image.
+
+        Args:
+            x: (B, C, H, W) noisy input.
+            timestep: (B,) or scalar float, in the network's own units (e.g. t * 1000).
+            cond: a ``Conditioning``, an int64 (B,) label tensor, or None. A class-conditional
+                model given no labels uses the null class; a text model given no context uses
+                the null context.
+
+        Returns:
+            (B, out_channels, H, W).
+        """
+        timestep = self._check_input(x, timestep)
+        cond = as_conditioning(cond) or Conditioning()
+        B = x.shape[0]
+        if cond.batch_size is not None and cond.batch_size != B:
+            raise HetdiffError(f"cond has {cond.batch_size} rows but x has {B}; give one per row")
+
+        # ---- embeddings
+        tokens = self.x_embedder(x)  # (B, N, D)
+        c = self.t_embedder(timestep)  # (B, D)
+        class_emb = self._class_embedding(cond.class_labels, B)
+        if class_emb is not None:
+            c = c + class_emb  # (B, D)
+        t0 = self.t_block(c).view(B, 6, -1)  # (B, 6, D), shared by all blocks
+
+        keys = key_mask = None
+        if self.context_embedder is not None:
+            keys, key_mask = self.context_embedder(cond.context, cond.context_mask, B)
+        elif cond.context is not None:
+            raise HetdiffError(
+                "text context was given to a model without cross-attention; "
+                "build it with context_dim set or drop the context"
+            )
+
+        # ---- transformer
+        for block in self.blocks:
+            tokens = block(tokens, t0, keys, key_mask)  # (B, N, D)
+
+        # ---- output
+        patches = self.final_layer(tokens, c)  # (B, N, P*P*C_out)
+        return self.unpatchify(patches)  # (B, C_out, H, W)
+
+
+#################################################################################
+#                                 Named configs                                 #
+#################################################################################
+
+DIT_CONFIGS: dict[str, dict[str, Any]] = {
+    # CPU sizes for 28x28 data
+    "tiny": dict(hidden_size=64, depth=4, num_heads=4, patch_size=2),  # ~0.25M params
+    "small": dict(hidden_size=128, depth=6, num_heads=4, patch_size=2),  # ~1.3M params
+    # DiT paper sizes (Peebles & Xie, Table 1); set input_size / in_channels for your data
+    "DiT-S/2": dict(hidden_size=384, depth=12, num_heads=6, patch_size=2),
+    "DiT-S/4": dict(hidden_size=384, depth=12, num_heads=6, patch_size=4),
+    "DiT-B/2": dict(hidden_size=768, depth=12, num_heads=12, patch_size=2),
+    "DiT-B/4": dict(hidden_size=768, depth=12, num_heads=12, patch_size=4),
+    "DiT-L/2": dict(hidden_size=1024, depth=24, num_heads=16, patch_size=2),
+    "DiT-XL/2": dict(hidden_size=1152, depth=28, num_heads=16, patch_size=2),
+}
+
+
+def dit_config(name: str, **overrides: Any) -> DiTConfig:
+    """The named config with ``overrides`` applied, e.g. ``dit_config("small", num_classes=10)``."""
+    if name not in DIT_CONFIGS:
+        raise HetdiffError(f"unknown DiT model {name!r}; valid names: {', '.join(DIT_CONFIGS)}")
+    return DiTConfig.from_dict({**DIT_CONFIGS[name], **overrides})
+
+
+def build_dit(name_or_config: str | DiTConfig, **overrides: Any) -> DiT:
+    """A freshly initialized DiT from a registry name or a config (plus field overrides)."""
+    if isinstance(name_or_config, DiTConfig):
+        config = DiTConfig.from_dict({**name_or_config.to_dict(), **overrides})
+    else:
+        config = dit_config(name_or_config, **overrides)
+    return DiT(config)
