@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 import hetdiff
@@ -93,7 +94,8 @@ def build_expert_spec(
 
 
 def build_expert_net(settings: ExpertSettings, dataset: Any) -> tuple[DiT, dict[str, Any]]:
-    """A fresh DiT sized for the data; returns (net, model dict for the spec)."""
+    """A fresh DiT sized for the data, initialized from ``settings.seed`` alone (whatever ran
+    before in the process); returns (net, model dict for the spec)."""
     num_classes = dataset.num_classes if settings.class_conditional else 0
     config = dit_config(
         settings.model,
@@ -102,7 +104,10 @@ def build_expert_net(settings: ExpertSettings, dataset: Any) -> tuple[DiT, dict[
         num_classes=num_classes,
         learned_sigma=settings.learned_variance,
     )
-    return DiT(config), {"arch": "dit", "name": settings.model, **config.to_dict()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        net = DiT(config)
+    return net, {"arch": "dit", "name": settings.model, **config.to_dict()}
 
 
 def train_expert(
