@@ -75,6 +75,7 @@ class EvalConfig:
     n: int = 256  # samples per FID estimate
     fid: bool = True
     reference_n: int = 1000  # real images for the reference statistics
+    per_expert: bool = True  # also FID of each expert alone (against the data and its cluster)
 
 
 @dataclass(frozen=True)

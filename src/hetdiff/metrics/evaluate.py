@@ -132,6 +132,7 @@ def evaluate_run(run: Any) -> dict[str, Any]:
     experts = {
         f"expert-{k}": load_samples(run.samples_dir / f"expert-{k}.safetensors")
         for k in range(k_experts)
+        if cfg.evaluate.per_expert
     }
     settings = EvalSettings(
         n=cfg.evaluate.n,
