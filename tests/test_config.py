@@ -15,8 +15,12 @@ def test_defaults_and_overrides_from_toml_and_yaml(tmp_path):
     cfg = load_config(write(tmp_path, "resolution = 8\n[cluster]\nfeatures = 'pixels'\n"))
     assert cfg.resolution == 8 and cfg.cluster.features == "pixels" and cfg.cluster.k == 4
     cfg = load_config(
-        write(tmp_path, "cluster: {k: 2}\nexperts:\n  - {objective: flow}\n  - {objective: ddpm, "
-              "prediction: x0, schedule: cosine}\n", "run.yaml")  # fmt: skip
+        write(
+            tmp_path,
+            "cluster: {k: 2}\nexperts:\n  - {objective: flow}\n  - {objective: ddpm, "
+            "prediction: x0, schedule: cosine}\n",
+            "run.yaml",
+        )  # fmt: skip
     )
     assert [e.objective for e in cfg.experts] == ["flow", "ddpm"]
     assert cfg.experts[1].schedule == "cosine"

@@ -26,7 +26,7 @@ else:  # pragma: no cover
 class ClusterConfig:
     k: int = 4  # number of clusters = number of experts
     fine: int = 64  # fine k-means centroids (first stage)
-    features: str = "efficientnet-lite0"  # or "pixels"
+    features: str = "efficientnet-lite0@64"  # encoder key: efficientnet-lite0@<px> or "pixels"
     balanced: bool = True  # balance coarse cluster sizes
     random: bool = False  # random partition instead of feature clusters (a baseline)
 
