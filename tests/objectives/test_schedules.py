@@ -65,6 +65,16 @@ def test_snr_matching_formula(name):
     assert torch.max(torch.abs(got - expected) / expected) < 1e-12
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "scaled_linear"])
+def test_float32_range_ends_are_accepted(name):
+    """The range ends rounded to float32 may lie just outside the float64 range: still valid."""
+    schedule = make_schedule(name)
+    ends = torch.tensor(schedule.t_range, dtype=torch.float32)
+    steps = schedule.step_of_t(ends)
+    assert steps.dtype == torch.float32
+    assert torch.allclose(steps, torch.tensor([0.0, 999.0]), atol=1e-2)
+
+
 def test_fractional_steps_interpolate_log_snr():
     schedule = make_schedule("cosine")
     lam = schedule.log_snr_table
