@@ -40,8 +40,9 @@ def main() -> int:
 
     from hetdiff.data.clustering import kmeans, nearest_centroid, normalized_mutual_info, purity
     from hetdiff.data.datasets import DEFAULT_DATA, load_dataset
-    from hetdiff.data.features import compute_features, default_cache_dir, get_encoder
+    from hetdiff.data.features import compute_features, get_encoder
     from hetdiff.data.partition import cluster_dataset, random_partition
+    from hetdiff.io import default_cache_dir
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

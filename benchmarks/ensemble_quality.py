@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from hetdiff.config import load_config
-from hetdiff.data.features import default_cache_dir
 from hetdiff.experts.build import load_velocity_model
+from hetdiff.io import default_cache_dir
 from hetdiff.metrics.fid import (
     frechet_distance,
     gaussian_stats,

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from hetdiff.config import load_config
-from hetdiff.data.features import default_cache_dir
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.experts.train import ExpertSettings, train_expert
+from hetdiff.io import default_cache_dir
 from hetdiff.metrics.diversity import image_features, intra_class_diversity
 from hetdiff.metrics.fid import (
     frechet_distance,

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 
+def default_cache_dir() -> Path:
+    """The cache root for features, FID statistics, text embeddings and latents:
+    ``$HETDIFF_CACHE_DIR`` or ``~/.cache/hetdiff``."""
+    return Path(os.environ.get("HETDIFF_CACHE_DIR", Path.home() / ".cache" / "hetdiff"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.

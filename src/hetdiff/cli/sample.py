@@ -34,10 +34,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="class name or index (default: classes in turn; 'none' for unconditional)",
     )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="text prompt for a caption-conditioned model (repeatable; --n images each)",
+    )
+    p.add_argument("--prompts", default=None, help="text file of prompts, one a line")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--native", action="store_true", help="DDPM expert: its own DDIM sampler")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--nrow", type=int, default=8, help="images per grid row")
+    p.add_argument(
+        "--nrow", type=int, default=8, help="images per grid row (with prompts: one row each)"
+    )
     p.add_argument("--out", required=True, help="output PNG grid")
     p.set_defaults(func=run)
 
@@ -74,12 +83,30 @@ def run(args: argparse.Namespace) -> int:
         )
         from hetdiff.experts.store import list_experts
 
-        spec = list_experts(args.experts)[0][1]
+        specs = [entry[1] for entry in list_experts(args.experts)]
+        from hetdiff.models.autoencoder import check_same_latent_space
+        from hetdiff.models.text import check_same_text_encoder
+
+        check_same_text_encoder(specs)
+        check_same_latent_space(specs)
+        spec = specs[0]
         num_classes, class_names = spec.num_classes, spec.class_names
         shape = (spec.channels, spec.resolution, spec.resolution)
-    labels = class_labels_for(args.n, num_classes, args.class_choice, class_names)
+    prompts, cond = _prompt_conditioning(args, spec)
+    if prompts:
+        seeds = [args.seed + i for i in range(args.n * len(prompts))]
+        args.nrow = args.n
+        labels = None
+    else:
+        labels = class_labels_for(args.n, num_classes, args.class_choice, class_names)
+    decode = None
+    if spec.autoencoder is not None:
+        from hetdiff.models.autoencoder import load_autoencoder
+
+        decode = load_autoencoder(spec.autoencoder, args.device).decode
     if args.native:
-        images = _native_ddim(args, spec, velocity, seeds, shape, labels)
+        images = _native_ddim(args, spec, velocity, seeds, shape, labels if cond is None else cond)
+        images = images if decode is None else decode(images)
     else:
         images = generate(
             velocity,
@@ -91,15 +118,61 @@ def run(args: argparse.Namespace) -> int:
             args.cfg,
             args.shift,
             device=args.device,
+            cond=cond,
+            decode=decode,
         )
     if not torch.isfinite(images).all():
         raise HetdiffError("sampling produced nan/inf; try more --steps or a lower --cfg")
     save_grid(images.clamp(-1, 1), args.out, nrow=args.nrow)
+    for row, prompt in enumerate(prompts):
+        print(f"row {row}: {prompt!r}")
     print(
-        f"wrote {args.out} ({args.n} images, {args.steps} steps, t in "
+        f"wrote {args.out} ({len(seeds)} images, {args.steps} steps, t in "
         f"[{velocity.t_range[0]:.4f}, {velocity.t_range[1]:.4f}])"
     )
     return 0
+
+
+def _prompt_conditioning(args, spec):
+    """(prompts, Conditioning of each prompt repeated --n times) or ([], None); one-line errors
+    for prompts to a model without text conditioning and the reverse."""
+    from hetdiff.data.captions import check_prompts, read_prompts
+    from hetdiff.errors import HetdiffError
+
+    given = args.prompt is not None or args.prompts is not None
+    if spec.text_encoder is None:
+        if given:
+            kind = "class-conditional" if spec.num_classes else "unconditional"
+            raise HetdiffError(
+                f"prompts were given, but the model is {kind} (not trained on captions); "
+                "drop --prompt/--prompts or use --class"
+            )
+        return [], None
+    if args.class_choice is not None:
+        raise HetdiffError(
+            f"--class {args.class_choice} given, but the model is conditioned on text "
+            f"({spec.text_encoder}); use --prompt TEXT instead"
+        )
+    if not given:
+        raise HetdiffError(
+            f"the model is conditioned on text ({spec.text_encoder}); pass --prompt TEXT "
+            "(repeatable) or --prompts FILE"
+        )
+    from hetdiff.models.text import encode_prompts, load_text_encoder
+
+    prompts = list(args.prompt or [])
+    if args.prompts is not None:
+        prompts += read_prompts(args.prompts)
+    prompts = check_prompts(prompts)
+    encoder = load_text_encoder(spec.text_encoder)
+    context_dim = spec.model.get("context_dim")
+    if context_dim is not None and encoder.dim != context_dim:
+        raise HetdiffError(
+            f"text encoder {spec.text_encoder} gives {encoder.dim}-d tokens, the model expects "
+            f"{context_dim}; use the encoder the model was trained on"
+        )
+    repeated = [prompt for prompt in prompts for _ in range(args.n)]
+    return prompts, encode_prompts(encoder, repeated).to(args.device)
 
 
 def _native_ddim(args, spec, velocity, seeds, shape, labels):

@@ -263,11 +263,6 @@ def get_encoder(
 # ---------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """``$HETDIFF_CACHE_DIR`` or ``~/.cache/hetdiff``; features live under ``features/``."""
-    return Path(os.environ.get("HETDIFF_CACHE_DIR", Path.home() / ".cache" / "hetdiff"))
-
-
 def feature_cache_path(
     cache_dir: str | os.PathLike[str], fingerprint: str, encoder_key: str
 ) -> Path:

@@ -38,11 +38,10 @@ from hetdiff.data.clustering import (
 from hetdiff.data.features import (
     DEFAULT_ENCODER,
     compute_features,
-    default_cache_dir,
     get_encoder,
 )
 from hetdiff.errors import HetdiffError
-from hetdiff.io import atomic_write_bytes
+from hetdiff.io import atomic_write_bytes, default_cache_dir
 
 FORMAT = "hetdiff-partition/1"
 INLINE_MAX_ELEMENTS = 100_000

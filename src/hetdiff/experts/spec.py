@@ -55,6 +55,8 @@ class ExpertSpec:
     steps: int = 0  # optimizer steps trained
     time_scale: float = 1000.0  # flow nets receive t * time_scale as their timestep
     provenance: dict[str, Any] = field(default_factory=dict)  # e.g. converted-from info
+    text_encoder: str | None = None  # text experts: "hash", "minilm" or an encoder folder
+    autoencoder: dict[str, Any] | None = None  # latent experts: KLAutoencoder.to_dict()
     hetdiff_version: str = hetdiff.__version__
 
     def __post_init__(self) -> None:
@@ -131,6 +133,14 @@ class ExpertSpec:
             )
         if not isinstance(self.provenance, dict):
             raise HetdiffError(f"provenance must be a dict, got {self.provenance!r}")
+        if self.text_encoder is not None and (
+            not isinstance(self.text_encoder, str) or not self.text_encoder
+        ):
+            raise HetdiffError(
+                f"text_encoder must be a non-empty string or null, got {self.text_encoder!r}"
+            )
+        if self.autoencoder is not None and not isinstance(self.autoencoder, dict):
+            raise HetdiffError(f"autoencoder must be a dict or null, got {self.autoencoder!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (class_names as a list)."""

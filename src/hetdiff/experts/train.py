@@ -39,7 +39,9 @@ class ExpertSettings:
     model: str = "tiny"  # a named DiT config
     learned_variance: bool = False  # ddpm: extra variance output channels (not trained)
     class_conditional: bool = True  # condition on class labels (with CFG label dropout)
-    label_dropout: float = 0.1  # P(label -> null class) during training
+    label_dropout: float = 0.1  # P(label -> null class), or P(caption -> null), in training
+    text_encoder: str | None = None  # caption-conditioned: "hash" | "minilm" | encoder folder
+    caption_seed: int = 0  # seeds each sample's caption template (hetdiff.data.captions)
     time_sampling: str = "logit_normal"  # flow: uniform | logit_normal
     steps: int = 1000
     batch_size: int = 64
@@ -66,11 +68,12 @@ def build_expert_spec(
     num_clusters: int | None = None,
     partition_fingerprint: str | None = None,
     provenance: dict[str, Any] | None = None,
+    autoencoder: dict[str, Any] | None = None,
 ) -> ExpertSpec:
     schedule = None
     if settings.objective == "ddpm":
         schedule = make_schedule(ScheduleSpec(name=settings.schedule)).spec.to_dict()
-    conditional = settings.class_conditional
+    conditional = settings.class_conditional and settings.text_encoder is None
     return ExpertSpec(
         objective=settings.objective,
         prediction=settings.resolved_prediction,
@@ -90,19 +93,26 @@ def build_expert_spec(
         time_scale=DEFAULT_TIME_SCALE,
         provenance=provenance or {},
         hetdiff_version=hetdiff.__version__,
+        text_encoder=settings.text_encoder,
+        autoencoder=autoencoder,
     )
 
 
-def build_expert_net(settings: ExpertSettings, dataset: Any) -> tuple[DiT, dict[str, Any]]:
+def build_expert_net(
+    settings: ExpertSettings, dataset: Any, context_dim: int | None = None
+) -> tuple[DiT, dict[str, Any]]:
     """A fresh DiT sized for the data, initialized from ``settings.seed`` alone (whatever ran
-    before in the process); returns (net, model dict for the spec)."""
-    num_classes = dataset.num_classes if settings.class_conditional else 0
+    before in the process); returns (net, model dict for the spec). ``context_dim`` (text
+    experts) adds cross-attention and drops class conditioning."""
+    conditional = settings.class_conditional and context_dim is None
+    num_classes = dataset.num_classes if conditional else 0
     config = dit_config(
         settings.model,
         input_size=dataset.resolution,
         in_channels=dataset.channels,
         num_classes=num_classes,
         learned_sigma=settings.learned_variance,
+        context_dim=context_dim,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
@@ -120,18 +130,34 @@ def train_expert(
     resume: bool = False,
     init_state: dict[str, Tensor] | None = None,
     provenance: dict[str, Any] | None = None,
+    autoencoder: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """Train one expert on ``dataset`` (already restricted to its shard); return the checkpoint.
 
     ``init_state`` starts from given weights (a warm start); ``resume`` continues an interrupted
-    run of the same settings exactly.
+    run of the same settings exactly. With ``settings.text_encoder`` the expert is conditioned
+    on caption embeddings (cached once per distinct caption under ``cache_dir``); the training
+    loop's label column then carries caption ids, dropped to -1 (null) with ``label_dropout``.
+    ``autoencoder`` (a ``KLAutoencoder.to_dict()``) records that ``dataset`` holds its latents.
     """
     if settings.objective not in DEFAULT_PREDICTION:
         raise HetdiffError(f"unknown objective {settings.objective!r}; choose one of ddpm, flow")
     if len(dataset) == 0:
         raise HetdiffError("the expert's data shard is empty; pick another cluster or dataset")
     out_dir = Path(out_dir)
-    net, model_dict = build_expert_net(settings, dataset)
+    bank = labels = None
+    if settings.text_encoder is not None:
+        from hetdiff.data.captions import dataset_captions
+        from hetdiff.models.text import caption_bank, load_text_encoder
+
+        captions = dataset_captions(dataset, seed=settings.caption_seed)
+        encoder = load_text_encoder(settings.text_encoder)
+        bank = caption_bank(encoder, captions.texts, cache_dir)
+        labels = captions.index
+    elif settings.class_conditional:
+        labels = dataset.labels
+    net, model_dict = build_expert_net(settings, dataset, None if bank is None else bank.dim)
     if init_state is not None:
         net.load_state_dict(init_state, strict=True)
     schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
@@ -143,6 +169,14 @@ def train_expert(
         learned_variance=settings.learned_variance,
     )
     loss_fn = make_loss_fn(objective, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
+    if bank is not None:
+        from hetdiff.models.text import CaptionConditioned
+
+        label_loss_fn = loss_fn
+
+        def loss_fn(model, x0, caption_ids, generator):  # caption ids -> caption embeddings
+            return label_loss_fn(CaptionConditioned(model, bank), x0, caption_ids, generator)
+
     config = TrainConfig(
         steps=settings.steps,
         batch_size=min(settings.batch_size, len(dataset)),
@@ -167,9 +201,9 @@ def train_expert(
             num_clusters,
             partition_fingerprint,
             provenance,
+            autoencoder,
         )
         save_expert(checkpoint, ema_state, spec)
 
-    labels = dataset.labels if settings.class_conditional else None
     train(net, dataset.images, labels, loss_fn, config, out_dir, on_checkpoint, resume=resume)
     return checkpoint

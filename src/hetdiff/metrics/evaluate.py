@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hetdiff.data.features import default_cache_dir
+from hetdiff.io import default_cache_dir
 from hetdiff.metrics.diversity import image_features, intra_class_diversity
 from hetdiff.metrics.fid import (
     frechet_distance,

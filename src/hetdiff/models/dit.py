@@ -15,6 +15,12 @@ Data flow (B = batch, N = patch tokens, D = hidden width, L = text tokens):
 AdaLN-Single replaces DiT's per-block adaLN MLP (6 D^2 parameters per block) with one shared
 ``t_block`` plus a (6, D) table per block. ``t_block``'s last Linear and the output Linear
 start at zero, so an untrained model outputs exactly 0.
+
+``DiTConfig.modulation = "adaln-zero"`` builds the original DiT conditioning instead (Peebles &
+Xie; facebookresearch/DiT models.py), used to run imported DiT checkpoints unchanged:
+    each block: (B, 6, D) = adaLN_modulation(c), adaLN_modulation = SiLU -> Linear(D, 6D)
+    final:      shift, scale = adaLN_modulation(c), SiLU -> Linear(D, 2D)
+with no ``t_block`` and no tables; the modulation Linears start at zero (adaLN-Zero).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from torch import Tensor, nn
 from hetdiff.errors import HetdiffError
 from hetdiff.models.conditioning import Conditioning, as_conditioning
 from hetdiff.models.embeddings import ContextEmbedder, LabelEmbedder, PatchEmbed, TimestepEmbedder
+
+MODULATIONS = ("adaln-single", "adaln-zero")
 
 #################################################################################
 #                                   Config                                      #
@@ -50,6 +58,7 @@ class DiTConfig:
     num_classes: int = 0  # 0 = no class conditioning; else labels in [0, num_classes) or -1
     learned_sigma: bool = False  # output 2C channels: eps and DDPM variance interpolation
     context_dim: int | None = None  # text-token width E; set to add cross-attention
+    modulation: str = "adaln-single"  # "adaln-single" (PixArt) | "adaln-zero" (original DiT)
 
     def __post_init__(self) -> None:
         for name in (
@@ -86,6 +95,10 @@ class DiTConfig:
         if self.context_dim is not None and self.context_dim < 1:
             raise HetdiffError(
                 f"context_dim must be a positive integer or None, got {self.context_dim}"
+            )
+        if self.modulation not in MODULATIONS:
+            raise HetdiffError(
+                f"unknown modulation {self.modulation!r}; choose one of {', '.join(MODULATIONS)}"
             )
 
     @property
@@ -174,7 +187,10 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """One AdaLN-Single block: modulated self-attention, optional cross-attention, modulated MLP."""
+    """One block: modulated self-attention, optional cross-attention, modulated MLP.
+
+    AdaLN-Single: (6, D) table + the shared t0; adaLN-Zero: its own SiLU -> Linear(D, 6D) of c.
+    """
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -186,13 +202,20 @@ class DiTBlock(nn.Module):
             self.cross_attn = CrossAttention(D, config.num_heads)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(D, config.mlp_ratio)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)  # (6, D)
+        if config.modulation == "adaln-zero":
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        else:
+            self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)  # (6, D)
 
     def forward(
         self, x: Tensor, t0: Tensor, keys: Tensor | None = None, key_mask: Tensor | None = None
     ) -> Tensor:
-        """x (B, N, D), t0 (B, 6, D) from the shared t_block, keys (B, M, D) -> (B, N, D)."""
-        mod = self.scale_shift_table[None] + t0  # (B, 6, D)
+        """x (B, N, D), keys (B, M, D) -> (B, N, D). ``t0``: (B, 6, D) from the shared t_block
+        (AdaLN-Single), or the conditioning c (B, D) (adaLN-Zero)."""
+        if hasattr(self, "adaLN_modulation"):
+            mod = self.adaLN_modulation(t0).view(x.shape[0], 6, -1)  # (B, 6, D)
+        else:
+            mod = self.scale_shift_table[None] + t0  # (B, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         if self.cross_attn is not None:
@@ -209,14 +232,29 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     """(B, N, D) tokens and conditioning c (B, D) -> (B, N, P*P*C_out) patch values."""
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    def __init__(
+        self,
+        hidden_size: int,
+        patch_size: int,
+        out_channels: int,
+        modulation: str = "adaln-single",
+    ):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        if modulation == "adaln-zero":
+            self.adaLN_modulation = nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size)
+            )
+        else:
+            self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = (self.scale_shift_table[None] + c[:, None]).chunk(2, dim=1)  # (B, 1, D)
+        if hasattr(self, "adaLN_modulation"):
+            mod = self.adaLN_modulation(c).view(c.shape[0], 2, -1)  # (B, 2, D)
+        else:
+            mod = self.scale_shift_table[None] + c[:, None]  # (B, 2, D)
+        shift, scale = mod.chunk(2, dim=1)  # (B, 1, D)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -226,7 +264,8 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """AdaLN-Single Diffusion Transformer: ``forward(x, t, cond) -> prediction``, same H, W.
+    """Diffusion Transformer (AdaLN-Single, or adaLN-Zero by ``config.modulation``):
+    ``forward(x, t, cond) -> prediction``, same H, W.
 
     The output is whatever the objective trains it to be (flow velocity, eps, x0, ...); with
     ``learned_sigma`` the last C channels are the DDPM variance interpolation.
@@ -242,16 +281,19 @@ class DiT(nn.Module):
         self.context_embedder = None
         if config.context_dim is not None:
             self.context_embedder = ContextEmbedder(config.context_dim, D)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # shared AdaLN-Single
+        self.t_block = None
+        if config.modulation == "adaln-single":
+            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # shared AdaLN-Single
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
-        self.final_layer = FinalLayer(D, config.patch_size, config.out_channels)
+        self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, config.modulation)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """DiT/PixArt init: xavier Linears, N(0, 0.02) embeddings, zeros where output starts.
 
-        Zeroed: ``t_block``'s Linear, each cross-attention output projection, the final Linear.
-        The (6, D) and (2, D) tables keep their randn / sqrt(D) init.
+        Zeroed: ``t_block``'s Linear, each cross-attention output projection, the final Linear
+        (adaLN-Zero: also every adaLN_modulation Linear). The (6, D) and (2, D) tables keep their
+        randn / sqrt(D) init.
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -271,8 +313,13 @@ class DiT(nn.Module):
             if block.cross_attn is not None:
                 nn.init.zeros_(block.cross_attn.proj.weight)
                 nn.init.zeros_(block.cross_attn.proj.bias)
-        nn.init.zeros_(self.t_block[1].weight)
-        nn.init.zeros_(self.t_block[1].bias)
+        modulation_linears = [self.t_block[1]] if self.t_block is not None else []
+        for layer in (*self.blocks, self.final_layer):
+            if hasattr(layer, "adaLN_modulation"):
+                modulation_linears.append(layer.adaLN_modulation[1])
+        for linear in modulation_linears:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
@@ -308,7 +355,7 @@ class DiT(nn.Module):
         num_classes = self.config.num_classes
         if labels is None:
             labels = torch.full(
-                (batch_size,), -1, dtype=torch.long, device=self.t_block[1].weight.device
+                (batch_size,), -1, dtype=torch.long, device=self.x_embedder.proj.weight.device
             )
         if labels.shape != (batch_size,):
             raise HetdiffError(
@@ -357,7 +404,8 @@ class DiT(nn.Module):
         class_emb = self._class_embedding(cond.class_labels, B)
         if class_emb is not None:
             c = c + class_emb  # (B, D)
-        t0 = self.t_block(c).view(B, 6, -1)  # (B, 6, D), shared by all blocks
+        # (B, 6, D) shared by all blocks (AdaLN-Single); adaLN-Zero blocks modulate from c (B, D)
+        t0 = c if self.t_block is None else self.t_block(c).view(B, 6, -1)
 
         keys = key_mask = None
         if self.context_embedder is not None:

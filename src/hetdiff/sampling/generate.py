@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from hetdiff.errors import HetdiffError
+from hetdiff.models.conditioning import Conditioning
 from hetdiff.sampling.solvers import StepCallback, seeded_noise, solve
 
 
@@ -59,17 +60,25 @@ def generate(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    cond: Conditioning | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Images (len(seeds), *shape) from ``velocity`` (anything with ``t_range`` and
     ``forward(x, t, cond)``), integrating over its valid t-range. Image i depends only on
-    seeds[i] (and labels[i]). ``cfg`` != 1 applies classifier-free guidance against the null class.
+    seeds[i] (and labels[i] / cond row i). ``cfg`` != 1 applies classifier-free guidance against
+    the null condition. ``cond`` (e.g. prompt embeddings, one row per seed) replaces ``labels``;
+    ``decode`` (a latent expert's autoencoder) maps each finished batch to pixels.
     """
+    if labels is not None and cond is not None:
+        raise HetdiffError("give labels or cond, not both")
+    if cond is not None and cond.batch_size != len(seeds):
+        raise HetdiffError(f"cond has {cond.batch_size} rows for {len(seeds)} seeds; give one each")
     t_range = tuple(getattr(velocity, "t_range", (0.0, 1.0)))
     fn = velocity
     if cfg != 1.0:
-        if labels is None:
+        if labels is None and cond is None:
             raise HetdiffError(
-                "classifier-free guidance needs a class-conditional model and labels"
+                "classifier-free guidance needs a conditional model and labels or prompts"
             )
         from hetdiff.sampling.guidance import guided
 
@@ -78,6 +87,11 @@ def generate(
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start : start + batch_size])
         noise = seeded_noise(chunk, shape, device=device)
-        cond = None if labels is None else labels[start : start + len(chunk)].to(device)
-        out.append(solve(fn, noise, steps, t_range, solver, shift, cond, callback).cpu())
+        rows = torch.arange(start, start + len(chunk))
+        if cond is not None:
+            chunk_cond = cond.index(rows).to(device)
+        else:
+            chunk_cond = None if labels is None else labels[rows].to(device)
+        sample = solve(fn, noise, steps, t_range, solver, shift, chunk_cond, callback)
+        out.append((sample if decode is None else decode(sample)).cpu())
     return torch.cat(out)
