@@ -1,0 +1,84 @@
+"""hetdiff distill: one dense flow student learns the routed ensemble's velocity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from hetdiff.training.distill import DistillSettings
+
+    d = DistillSettings()
+    p = subparsers.add_parser(
+        "distill",
+        help="distill an ensemble of experts + router into one flow expert",
+        description="Train a dense flow student on |v_student - u_ensemble|^2 over the union of "
+        "the clusters' data; writes OUT/expert.safetensors, usable with `hetdiff sample --expert`.",
+    )
+    p.add_argument("--experts", required=True, help="folder of expert checkpoints (the registry)")
+    p.add_argument("--router", required=True, help="router checkpoint or its folder")
+    p.add_argument("--model", default=d.model, help="named DiT config of the student")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--out", required=True, help="output folder of the student")
+    p.add_argument(
+        "--strategy", default=d.strategy, help="teacher routing: full | top-k | top1 | sample"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--time-sampling", default=d.time_sampling, help="uniform | logit_normal")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--mixed-precision", default=d.mixed_precision, help="no | bf16 | fp16 | auto")
+    p.add_argument(
+        "--partition", default=None, help="partition manifest: train on the clusters present"
+    )
+    p.add_argument(
+        "--allow-missing", action="store_true", help="teacher: renormalize over present experts"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hetdiff.errors import HetdiffError
+    from hetdiff.io import atomic_write_json
+    from hetdiff.training.distill import DistillSettings, distill
+
+    if args.steps < 1:
+        raise HetdiffError(f"--steps must be >= 1, got {args.steps}")
+    settings = DistillSettings(
+        model=args.model,
+        strategy=args.strategy,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        time_sampling=args.time_sampling,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        progress=not args.no_progress,
+    )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "settings": settings.__dict__,
+        "experts": args.experts,
+        "router": args.router,
+        "partition": args.partition,
+    }
+    print(json.dumps(resolved, default=str))
+    atomic_write_json(Path(args.out) / "distill_config.json", resolved)
+    path = distill(
+        args.experts,
+        args.router,
+        args.out,
+        settings,
+        partition=args.partition,
+        allow_missing=args.allow_missing,
+        resume=args.resume,
+    )
+    print(f"wrote {path}")
+    return 0

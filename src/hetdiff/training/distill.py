@@ -1,0 +1,238 @@
+"""Distill an ensemble of experts into one dense flow student (design.md section 4).
+
+The teacher is the routed ensemble u(x_t, t, c) = sum_k r_k(x_t, t, c) v_k(x_t, t, c)
+(``sampling.ensemble``). The student is an ordinary DiT flow expert trained on the flow path over
+the union of the clusters' data:
+
+    x0 ~ union of the clusters, eps ~ N(0, I), t ~ p(t) inside the teacher's t_range,
+    x_t = (1 - t) x0 + t eps,  c = label, replaced by the null class with prob. label_dropout,
+    loss = mean over dims of |v_student(x_t, t, c) - u_teacher(x_t, t, c)|^2.
+
+Regressing on the teacher's velocity (not on eps - x0) gives the student a target without the
+conditional variance of the flow-matching target, so it learns the ensemble's own field. The
+student covers the teacher's range [t_min, t_max]; it samples from t = 1 like any flow expert,
+extrapolating over (t_max, 1] (width 1 - t_max, e.g. 0.006 for a linear-schedule DDPM expert).
+The result is a flow ``ExpertSpec`` (cluster_id None) with provenance ``distilled_from``: one
+model that ``hetdiff sample --expert`` uses in place of K experts and a router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import hetdiff
+from hetdiff.errors import HetdiffError
+from hetdiff.objectives.losses import LossFn, sample_flow_times
+from hetdiff.objectives.schedules import expand_time
+from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
+
+STUDENT_FILE = "expert.safetensors"
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The student and its optimization. Defaults live here only."""
+
+    model: str = "tiny"  # named DiT config of the student
+    strategy: str = "full"  # the teacher's routing strategy (see sampling.ensemble.STRATEGIES)
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    label_dropout: float = 0.1  # P(label -> null) for classifier-free guidance
+    time_sampling: str = "uniform"  # uniform | logit_normal, mapped into the teacher's t_range
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 | auto
+    progress: bool = True
+
+
+def distill_loss_fn(
+    teacher: nn.Module,
+    label_dropout: float = 0.1,
+    time_sampling: str = "uniform",
+    time_scale: float = DEFAULT_TIME_SCALE,
+) -> LossFn:
+    """``loss_fn(student, x0, labels, generator) -> (B,)``: |v_student - u_teacher|^2 per sample
+    at x_t on the flow path, t inside ``teacher.t_range``. The teacher runs without gradients;
+    the student net sees the timestep t * time_scale (an ordinary flow expert)."""
+    from hetdiff.models.conditioning import drop_labels
+
+    t_range = tuple(getattr(teacher, "t_range", (0.0, 1.0)))
+
+    def loss_fn(
+        student: nn.Module, x0: Tensor, labels: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        cond = None if labels is None else drop_labels(labels, label_dropout, generator)
+        n, device = x0.shape[0], x0.device
+        t = sample_flow_times(n, generator, device, time_sampling, t_range).to(x0.dtype)
+        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        tb = expand_time(t, x0)
+        x_t = (1 - tb) * x0 + tb * eps  # (B, C, H, W)
+        with torch.no_grad():
+            target = teacher(x_t, t, cond)  # (B, C, H, W), the ensemble's velocity
+        velocity = FlowVelocity(student, time_scale)(x_t, t, cond)
+        return ((velocity.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+
+    return loss_fn
+
+
+def _file_sha256(path: Path) -> str | None:
+    import safetensors
+
+    from hetdiff.experts.store import HASH_KEY
+
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get(HASH_KEY)
+
+
+def union_dataset(specs: list[Any], cluster_ids: list[int], partition: Any | None = None) -> Any:
+    """The data the experts were trained on, as one set: their ``data_spec`` at their resolution,
+    restricted to the present clusters of ``partition`` when one is given (it must be given when
+    clusters are missing, else the union is the whole data set)."""
+    from hetdiff.data.datasets import load_dataset
+
+    data_specs = sorted({spec.data_spec for spec in specs})
+    if len(data_specs) != 1 or not data_specs[0]:
+        raise HetdiffError(
+            f"the experts record data specs {data_specs}; distillation needs experts of one "
+            "named data set"
+        )
+    if any(spec.autoencoder is not None or spec.text_encoder is not None for spec in specs):
+        raise HetdiffError(
+            "distillation supports pixel-space, class-conditional or unconditional experts; "
+            "these are latent or caption-conditioned"
+        )
+    first = specs[0]
+    dataset = load_dataset(data_specs[0], resolution=first.resolution, channels=first.channels)
+    if partition is None:
+        return dataset
+    partition.check_dataset(dataset)
+    if any(spec.partition_fingerprint not in (None, partition.fingerprint) for spec in specs):
+        raise HetdiffError(
+            f"the experts were trained on another partition than {partition.fingerprint}; "
+            "pass the experts' partition"
+        )
+    ids = torch.cat([torch.as_tensor(partition.ids_of(k)) for k in sorted(cluster_ids)])
+    return dataset.subset(ids)
+
+
+def distill(
+    experts_dir: str | Path,
+    router_path: str | Path,
+    out_dir: str | Path,
+    settings: DistillSettings | None = None,
+    partition: str | Path | None = None,
+    allow_missing: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Train a dense flow student on the ensemble ``experts_dir`` + ``router_path``; write
+    ``out_dir/expert.safetensors`` (EMA weights, a flow ExpertSpec) and return its path.
+
+    ``partition`` (a manifest from ``hetdiff cluster``) restricts the data to the clusters that
+    have an expert; without it the student trains on the experts' whole data set.
+    """
+    from hetdiff.experts.spec import ExpertSpec
+    from hetdiff.experts.store import list_experts, save_expert
+    from hetdiff.models.dit import DiT, dit_config
+    from hetdiff.sampling.ensemble import load_ensemble
+    from hetdiff.training.loop import TrainConfig, train
+
+    settings = settings or DistillSettings()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = load_ensemble(
+        experts_dir,
+        router_path,
+        device=device,
+        strategy=settings.strategy,
+        allow_missing=allow_missing,
+        seed=settings.seed,
+    ).eval()
+    entries = list_experts(experts_dir)
+    specs = [spec for _, spec in entries]
+    loaded = None
+    if partition is not None:
+        from hetdiff.data.partition import Partition
+
+        loaded = Partition.load(partition)
+    elif teacher.missing_clusters:
+        raise HetdiffError(
+            f"clusters {teacher.missing_clusters} have no expert; pass --partition so the "
+            "student trains on the clusters present only"
+        )
+    dataset = union_dataset(specs, teacher.cluster_ids, loaded)
+    first = specs[0]
+    config = dit_config(
+        settings.model,
+        input_size=first.resolution,
+        in_channels=first.channels,
+        num_classes=first.num_classes,
+    )
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
+        torch.manual_seed(settings.seed)
+        student = DiT(config)
+    labels = dataset.labels if first.num_classes else None
+    loss_fn = distill_loss_fn(teacher, settings.label_dropout, settings.time_sampling)
+    train_config = TrainConfig(
+        steps=settings.steps,
+        batch_size=min(settings.batch_size, len(dataset)),
+        lr=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        grad_clip=settings.grad_clip,
+        ema_decay=settings.ema_decay,
+        checkpoint_every=settings.checkpoint_every,
+        seed=settings.seed,
+        mixed_precision=settings.mixed_precision,
+        progress=settings.progress,
+    )
+    provenance = {
+        "distilled_from": {
+            "experts": [
+                {
+                    "path": str(path),
+                    "sha256": _file_sha256(path),
+                    "cluster_id": spec.cluster_id,
+                    "objective": spec.objective,
+                    "model": spec.model.get("name"),
+                }
+                for path, spec in entries
+            ],
+            "router": str(router_path),
+            "strategy": settings.strategy,
+            "t_range": list(teacher.t_range),
+            "settings": settings.__dict__,
+        }
+    }
+    checkpoint = Path(out_dir) / STUDENT_FILE
+
+    def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:
+        spec = ExpertSpec(
+            objective="flow",
+            prediction="velocity",
+            schedule=None,
+            model={"arch": "dit", "name": settings.model, **config.to_dict()},
+            cluster_id=None,
+            num_clusters=None,
+            data_spec=dataset.spec,
+            data_fingerprint=dataset.fingerprint,
+            partition_fingerprint=None if loaded is None else loaded.fingerprint,
+            resolution=first.resolution,
+            channels=first.channels,
+            num_classes=first.num_classes,
+            class_names=first.class_names,
+            steps=step,
+            time_scale=DEFAULT_TIME_SCALE,
+            provenance=provenance,
+            hetdiff_version=hetdiff.__version__,
+        )
+        save_expert(checkpoint, ema_state, spec)
+
+    train(student, dataset.images, labels, loss_fn, train_config, out_dir, on_checkpoint, resume)
+    return checkpoint
