@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hetdiff.config import ClusterConfig, RunConfig
+from hetdiff.config import ClusterConfig, RunConfig, load_config
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.io import atomic_write_json, default_cache_dir
 from hetdiff.metrics.fid import (
@@ -90,6 +90,9 @@ def main() -> None:
         router=dataclasses.replace(base.router, steps=args.router_steps),
         seed=args.seed,
     )
+    saved = work / "ensemble" / "config.json"
+    if saved.is_file():  # reuse a trained ensemble as it was configured (defaults may move)
+        config = load_config(saved)
     run = Run(config, work / "ensemble")
     train_ensemble(run)
     dataset = run.dataset
