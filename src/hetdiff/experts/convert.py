@@ -222,8 +222,9 @@ def finetune_expert(
     schedule, model unchanged), this run's steps, data and cluster, and provenance
     ``finetuned_from``. Returns the checkpoint path.
     """
+    from hetdiff.experts.train import train_config_for
     from hetdiff.models.dit import DiT, DiTConfig
-    from hetdiff.training.loop import TrainConfig, train
+    from hetdiff.training.loop import train
 
     init = Path(init)
     state, spec = load_expert_state(init)
@@ -237,18 +238,7 @@ def finetune_expert(
     net.load_state_dict(state, strict=True)
     labels = dataset.labels if spec.num_classes else None
     loss_fn = flow_finetune_loss(spec, settings.time_sampling, settings.label_dropout)
-    train_config = TrainConfig(
-        steps=settings.steps,
-        batch_size=min(settings.batch_size, len(dataset)),
-        lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
-        grad_clip=settings.grad_clip,
-        ema_decay=settings.ema_decay,
-        checkpoint_every=settings.checkpoint_every,
-        seed=settings.seed,
-        mixed_precision=settings.mixed_precision,
-        progress=settings.progress,
-    )
+    train_config = train_config_for(settings, len(dataset))
     provenance = {**spec.provenance, "finetuned_from": _source_record(init, state, spec)}
     checkpoint = Path(out_dir) / EXPERT_FILE
 

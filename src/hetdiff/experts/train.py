@@ -59,6 +59,24 @@ class ExpertSettings:
         return self.prediction or DEFAULT_PREDICTION.get(self.objective, "velocity")
 
 
+def train_config_for(settings: Any, dataset_size: int) -> TrainConfig:
+    """The loop's TrainConfig from expert-style settings (steps, batch_size, lr, warmup_steps,
+    grad_clip, ema_decay, checkpoint_every, seed, mixed_precision, progress); the batch is capped
+    at the data size."""
+    return TrainConfig(
+        steps=settings.steps,
+        batch_size=min(settings.batch_size, dataset_size),
+        lr=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        grad_clip=settings.grad_clip,
+        ema_decay=settings.ema_decay,
+        checkpoint_every=settings.checkpoint_every,
+        seed=settings.seed,
+        mixed_precision=settings.mixed_precision,
+        progress=settings.progress,
+    )
+
+
 def build_expert_spec(
     settings: ExpertSettings,
     dataset: Any,
@@ -177,18 +195,7 @@ def train_expert(
         def loss_fn(model, x0, caption_ids, generator):  # caption ids -> caption embeddings
             return label_loss_fn(CaptionConditioned(model, bank), x0, caption_ids, generator)
 
-    config = TrainConfig(
-        steps=settings.steps,
-        batch_size=min(settings.batch_size, len(dataset)),
-        lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
-        grad_clip=settings.grad_clip,
-        ema_decay=settings.ema_decay,
-        checkpoint_every=settings.checkpoint_every,
-        seed=settings.seed,
-        mixed_precision=settings.mixed_precision,
-        progress=settings.progress,
-    )
+    config = train_config_for(settings, len(dataset))
     checkpoint = out_dir / EXPERT_FILE
 
     def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:

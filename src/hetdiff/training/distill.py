@@ -141,9 +141,10 @@ def distill(
     """
     from hetdiff.experts.spec import ExpertSpec
     from hetdiff.experts.store import list_experts, save_expert
+    from hetdiff.experts.train import train_config_for
     from hetdiff.models.dit import DiT, dit_config
     from hetdiff.sampling.ensemble import load_ensemble
-    from hetdiff.training.loop import TrainConfig, train
+    from hetdiff.training.loop import train
 
     settings = settings or DistillSettings()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -180,18 +181,7 @@ def distill(
         student = DiT(config)
     labels = dataset.labels if first.num_classes else None
     loss_fn = distill_loss_fn(teacher, settings.label_dropout, settings.time_sampling)
-    train_config = TrainConfig(
-        steps=settings.steps,
-        batch_size=min(settings.batch_size, len(dataset)),
-        lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
-        grad_clip=settings.grad_clip,
-        ema_decay=settings.ema_decay,
-        checkpoint_every=settings.checkpoint_every,
-        seed=settings.seed,
-        mixed_precision=settings.mixed_precision,
-        progress=settings.progress,
-    )
+    train_config = train_config_for(settings, len(dataset))
     provenance = {
         "distilled_from": {
             "experts": [
