@@ -31,6 +31,7 @@ import torch
 
 from hetdiff.config import ClusterConfig, RunConfig, load_config
 from hetdiff.experts.build import load_velocity_model
+from hetdiff.experts.store import read_spec
 from hetdiff.io import atomic_write_json, default_cache_dir
 from hetdiff.metrics.fid import (
     frechet_distance,
@@ -101,13 +102,14 @@ def main() -> None:
     student_dir = work / f"student-{args.model}-{args.steps}"
     student_path = student_dir / "expert.safetensors"
     distill_seconds = None
-    if not student_path.is_file():
+    if not (student_path.is_file() and read_spec(student_path).steps >= args.steps):
         settings = DistillSettings(
             model=args.model, steps=args.steps, lr=args.lr, seed=args.seed, progress=False,
             checkpoint_every=max(1, args.steps // 4),
         )  # fmt: skip
         t0 = time.time()
-        distill(run.experts_dir, router, student_dir, settings)
+        resume = (student_dir / "train_state").is_dir()  # an interrupted run continues
+        distill(run.experts_dir, router, student_dir, settings, resume=resume)
         distill_seconds = time.time() - t0
         print(f"[student] {args.steps} distillation steps in {distill_seconds:.0f} s", flush=True)
 

@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--router-steps", type=int, default=300)
     parser.add_argument("--resolution", type=int, default=16)
-    parser.add_argument("--features", default="efficientnet-lite0")
+    parser.add_argument("--features", default="efficientnet-lite0@64")
     parser.add_argument("--n", type=int, default=200, help="samples per row for FID")
     parser.add_argument("--reference-n", type=int, default=1000)
     parser.add_argument("--sample-steps", type=int, default=20)

@@ -28,6 +28,7 @@ import math
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import Tensor
 
@@ -59,8 +60,14 @@ def train_arm(
     work: Path,
 ) -> tuple[dict[int, dict[str, Tensor]], list[dict]]:
     """Flow-train ``net`` (read through ``spec``'s adapter); return EMA weights at the eval
-    steps and the loss log."""
+    steps and the loss log. The EMA weights are kept as ``ema-<step>.safetensors``, so a rerun
+    after an interruption reuses a finished arm."""
     out = work / name
+    files = {step: out / f"ema-{step}.safetensors" for step in eval_steps}
+    if (out / "log.jsonl").is_file() and all(f.is_file() for f in files.values()):
+        print(f"[{name}] trained before, reused", flush=True)
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        return {step: safetensors.torch.load_file(str(f)) for step, f in files.items()}, log
     if out.exists():
         import shutil
 
@@ -82,6 +89,7 @@ def train_arm(
     def keep(ema_state: dict[str, Tensor], step: int) -> None:
         if step in eval_steps:
             snapshots[step] = ema_state
+            safetensors.torch.save_file(ema_state, str(files[step]))
 
     loss_fn = flow_finetune_loss(spec, settings.time_sampling, settings.label_dropout)
     t0 = time.time()
@@ -174,10 +182,17 @@ def main() -> None:
         return frechet_distance(*gaussian_stats(feats), *reference)
 
     fids: dict[str, dict[int, float]] = {"warm": {}, "scratch": {}}
+    fid_cache = work / "fid_cache.json"  # FIDs already measured (a rerun resumes here)
+    cached = json.loads(fid_cache.read_text()) if fid_cache.is_file() else {}
+    fid_key = f"{args.n}|{args.reference_n}|{args.sample_steps}|{args.seed}"
     for name, (_, spec) in arms.items():
         for step in sorted(snapshots[name]):
             t0 = time.time()
-            fids[name][step] = fid_of(spec, snapshots[name][step])
+            key_step = f"{fid_key}|{name}|{step}"
+            if key_step not in cached:
+                cached[key_step] = fid_of(spec, snapshots[name][step])
+                fid_cache.write_text(json.dumps(cached, indent=1))
+            fids[name][step] = cached[key_step]
             print(f"[{name}] step {step}: FID {fids[name][step]:.2f} ({time.time() - t0:.0f} s)",
                   flush=True)  # fmt: skip
 
