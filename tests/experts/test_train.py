@@ -1,0 +1,93 @@
+"""A DDPM expert and a flow expert, trained a few hundred steps on a tiny slice of real data at
+8 px, must learn: their loss on held-out images falls by a clear margin from the initial
+network's, and their samples land much closer to the data than noise does (image statistics:
+per-pixel mean and spread, and the pixel-value histogram)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hetdiff.data.datasets import load_dataset
+from hetdiff.experts.build import load_velocity_model
+from hetdiff.experts.store import load_expert_model
+from hetdiff.experts.train import ExpertSettings, build_expert_net, train_expert
+from hetdiff.objectives.losses import ObjectiveConfig, make_loss_fn
+from hetdiff.objectives.schedules import make_schedule
+from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
+from hetdiff.sampling.generate import generate
+
+STEPS = 250
+
+
+def image_statistics_distance(a: torch.Tensor, b: torch.Tensor, bins: int = 16) -> float:
+    """Distance between two image sets (N, C, H, W) in [-1, 1] (float64):
+    mean |per-pixel mean difference| + mean |per-pixel std difference| + total variation
+    between the pixel-value histograms. 0 for identical statistics."""
+    a = a.flatten(1).to(torch.float64).clamp(-1, 1)
+    b = b.flatten(1).to(torch.float64).clamp(-1, 1)
+    mean_gap = (a.mean(0) - b.mean(0)).abs().mean()
+    std_gap = (a.std(0) - b.std(0)).abs().mean()
+    hist_a = torch.histc(a, bins=bins, min=-1, max=1)
+    hist_b = torch.histc(b, bins=bins, min=-1, max=1)
+    tv = (hist_a / hist_a.sum() - hist_b / hist_b.sum()).abs().sum() / 2
+    return float(mean_gap + std_gap + tv)
+
+
+def held_out_loss(net, settings: ExpertSettings, images: torch.Tensor) -> float:
+    """The objective's mean loss over ``images`` with fixed noise and times (seed 123)."""
+    schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
+    config = ObjectiveConfig(
+        objective=settings.objective,
+        prediction=settings.resolved_prediction,
+        time_sampling=settings.time_sampling,
+        label_dropout=0.0,
+    )
+    loss_fn = make_loss_fn(config, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
+    generator = torch.Generator().manual_seed(123)
+    net.eval()
+    with torch.no_grad():
+        losses = [loss_fn(net, images, None, generator).mean() for _ in range(4)]
+    return float(torch.stack(losses).mean())
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_dataset("digits")  # 8x8 grayscale, 1797 images
+    return data.subset(data.ids[:512]), data.subset(data.ids[1024:1280])
+
+
+@pytest.mark.parametrize(
+    "objective,schedule", [("ddpm", "linear"), ("flow", "linear")], ids=["ddpm-eps", "flow"]
+)
+def test_expert_learns_the_data(tmp_path, digits, objective, schedule):
+    torch.set_num_threads(2)
+    train_set, held_out = digits
+    settings = ExpertSettings(
+        objective=objective,
+        schedule=schedule,
+        model="tiny",
+        class_conditional=False,
+        steps=STEPS,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=20,
+        checkpoint_every=10_000,
+        progress=False,
+    )
+    checkpoint = train_expert(train_set, settings, tmp_path / objective)
+
+    initial, _ = build_expert_net(settings, train_set)
+    trained, spec = load_expert_model(checkpoint)
+    assert spec.steps == STEPS and spec.objective == objective
+    loss_before = held_out_loss(initial, settings, held_out.images)
+    loss_after = held_out_loss(trained, settings, held_out.images)
+    assert loss_after < 0.6 * loss_before, (loss_before, loss_after)
+
+    velocity, _ = load_velocity_model(checkpoint)
+    samples = generate(velocity, (1, 8, 8), seeds=list(range(256)), steps=20)
+    noise = torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    to_samples = image_statistics_distance(samples, held_out.images)
+    to_noise = image_statistics_distance(noise, held_out.images)
+    # measured: samples ~0.25, another slice of the data ~0.2, noise ~1.1
+    assert to_samples < 0.35 * to_noise, (to_samples, to_noise)
