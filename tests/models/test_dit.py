@@ -149,6 +149,7 @@ def dataclass_with(config: DiTConfig, **changes: object) -> DiTConfig:
 
 # ----------------------------------------------------------------------------- text
 TEXT = dataclass_with(TINY, num_classes=5, context_dim=6)
+POOLED = dataclass_with(TEXT, pooled_context=True)  # + the pooled-caption path into c
 
 
 def text_cond(batch: int = 3, length: int = 5, seed: int = 3) -> Conditioning:
@@ -163,9 +164,10 @@ def text_cond(batch: int = 3, length: int = 5, seed: int = 3) -> Conditioning:
     )
 
 
-def test_masked_out_tokens_do_not_affect_output_but_real_tokens_do() -> None:
-    model = randomized(DiT(TEXT))
-    x, t = inputs(TEXT)
+@pytest.mark.parametrize("config", [TEXT, POOLED], ids=["cross-attention", "pooled"])
+def test_masked_out_tokens_do_not_affect_output_but_real_tokens_do(config: DiTConfig) -> None:
+    model = randomized(DiT(config))
+    x, t = inputs(config)
     cond = text_cond()
     with torch.no_grad():
         base = model(x, t, cond)
@@ -179,9 +181,10 @@ def test_masked_out_tokens_do_not_affect_output_but_real_tokens_do() -> None:
     assert ((real_changed - base).flatten(1).abs().amax(1) > 1e-4).all()
 
 
-def test_null_context_is_a_learned_condition_independent_of_token_values() -> None:
-    model = randomized(DiT(TEXT))
-    x, t = inputs(TEXT)
+@pytest.mark.parametrize("config", [TEXT, POOLED], ids=["cross-attention", "pooled"])
+def test_null_context_is_a_learned_condition_independent_of_token_values(config: DiTConfig) -> None:
+    model = randomized(DiT(config))
+    x, t = inputs(config)
     cond = text_cond()
     with torch.no_grad():
         null = model(x, t, cond.null())
@@ -216,10 +219,34 @@ def test_cross_attention_is_a_pure_residual_that_leaves_the_class_path_alone() -
         assert (with_text(x, t, cond) - class_only(x, t, cond.class_labels)).abs().max() > 1e-3
 
 
+def test_pooled_path_adds_the_projected_mean_of_real_tokens_to_c() -> None:
+    """c gains proj(mean of the real tokens) (float64 reference); the null row gains the learned
+    null vector; a model without the flag has no pooler and old config dicts still load."""
+    model = randomized(DiT(POOLED)).double()
+    cond = text_cond()
+    context, mask = cond.context.double(), cond.context_mask
+    with torch.no_grad():
+        got = model.context_pooler(context, mask, 3)
+        proj = model.context_pooler.proj
+        for i in range(3):
+            mean = context[i][mask[i]].mean(0)
+            expected = proj[2](torch.nn.functional.silu(proj[0](mean)))
+            torch.testing.assert_close(got[i], expected, rtol=1e-12, atol=1e-12)
+        empty = model.context_pooler(context, torch.zeros_like(mask), 3)
+        torch.testing.assert_close(empty, model.context_pooler.null.expand(3, -1))
+        torch.testing.assert_close(model.context_pooler(None, None, 3), empty)
+    assert DiT(TEXT).context_pooler is None
+    legacy = {k: v for k, v in TEXT.to_dict().items() if k != "pooled_context"}
+    assert DiTConfig.from_dict(legacy) == TEXT
+    with pytest.raises(HetdiffError, match="pooled_context needs context_dim"):
+        dataclass_with(TINY, pooled_context=True)
+
+
 # ----------------------------------------------------------------------------- batch & determinism
-def test_batched_output_equals_per_sample_outputs() -> None:
-    model = randomized(DiT(TEXT))
-    x, t = inputs(TEXT)
+@pytest.mark.parametrize("config", [TEXT, POOLED], ids=["cross-attention", "pooled"])
+def test_batched_output_equals_per_sample_outputs(config: DiTConfig) -> None:
+    model = randomized(DiT(config))
+    x, t = inputs(config)
     cond = text_cond()
     with torch.no_grad():
         batched = model(x, t, cond)

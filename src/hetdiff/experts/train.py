@@ -121,7 +121,7 @@ def build_expert_net(
 ) -> tuple[DiT, dict[str, Any]]:
     """A fresh DiT sized for the data, initialized from ``settings.seed`` alone (whatever ran
     before in the process); returns (net, model dict for the spec). ``context_dim`` (text
-    experts) adds cross-attention and drops class conditioning."""
+    experts) adds cross-attention plus the pooled-caption path and drops class conditioning."""
     conditional = settings.class_conditional and context_dim is None
     num_classes = dataset.num_classes if conditional else 0
     config = dit_config(
@@ -131,6 +131,7 @@ def build_expert_net(
         num_classes=num_classes,
         learned_sigma=settings.learned_variance,
         context_dim=context_dim,
+        pooled_context=context_dim is not None,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)

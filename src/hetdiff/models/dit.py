@@ -35,7 +35,13 @@ from torch import Tensor, nn
 
 from hetdiff.errors import HetdiffError
 from hetdiff.models.conditioning import Conditioning, as_conditioning
-from hetdiff.models.embeddings import ContextEmbedder, LabelEmbedder, PatchEmbed, TimestepEmbedder
+from hetdiff.models.embeddings import (
+    ContextEmbedder,
+    LabelEmbedder,
+    PatchEmbed,
+    PooledContextEmbedder,
+    TimestepEmbedder,
+)
 
 MODULATIONS = ("adaln-single", "adaln-zero")
 
@@ -58,6 +64,7 @@ class DiTConfig:
     num_classes: int = 0  # 0 = no class conditioning; else labels in [0, num_classes) or -1
     learned_sigma: bool = False  # output 2C channels: eps and DDPM variance interpolation
     context_dim: int | None = None  # text-token width E; set to add cross-attention
+    pooled_context: bool = False  # with context_dim: also add the pooled caption to c (SD3-style)
     modulation: str = "adaln-single"  # "adaln-single" (PixArt) | "adaln-zero" (original DiT)
 
     def __post_init__(self) -> None:
@@ -95,6 +102,10 @@ class DiTConfig:
         if self.context_dim is not None and self.context_dim < 1:
             raise HetdiffError(
                 f"context_dim must be a positive integer or None, got {self.context_dim}"
+            )
+        if self.pooled_context and self.context_dim is None:
+            raise HetdiffError(
+                "pooled_context needs context_dim (a text model); set both or neither"
             )
         if self.modulation not in MODULATIONS:
             raise HetdiffError(
@@ -281,6 +292,9 @@ class DiT(nn.Module):
         self.context_embedder = None
         if config.context_dim is not None:
             self.context_embedder = ContextEmbedder(config.context_dim, D)
+        self.context_pooler = None
+        if config.pooled_context:
+            self.context_pooler = PooledContextEmbedder(config.context_dim, D)
         self.t_block = None
         if config.modulation == "adaln-single":
             self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # shared AdaLN-Single
@@ -309,6 +323,9 @@ class DiT(nn.Module):
         if self.context_embedder is not None:
             nn.init.normal_(self.context_embedder.proj[0].weight, std=0.02)
             nn.init.normal_(self.context_embedder.proj[2].weight, std=0.02)
+        if self.context_pooler is not None:
+            nn.init.normal_(self.context_pooler.proj[0].weight, std=0.02)
+            nn.init.normal_(self.context_pooler.proj[2].weight, std=0.02)
         for block in self.blocks:
             if block.cross_attn is not None:
                 nn.init.zeros_(block.cross_attn.proj.weight)
@@ -404,6 +421,8 @@ class DiT(nn.Module):
         class_emb = self._class_embedding(cond.class_labels, B)
         if class_emb is not None:
             c = c + class_emb  # (B, D)
+        if self.context_pooler is not None:
+            c = c + self.context_pooler(cond.context, cond.context_mask, B)  # (B, D)
         # (B, 6, D) shared by all blocks (AdaLN-Single); adaLN-Zero blocks modulate from c (B, D)
         t0 = c if self.t_block is None else self.t_block(c).view(B, 6, -1)
 

@@ -166,3 +166,33 @@ class ContextEmbedder(nn.Module):
             mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
         use_null = ~mask.any(dim=1, keepdim=True)  # (B, 1): rows without any real token
         return torch.cat([null, tokens], dim=1), torch.cat([use_null, mask], dim=1)
+
+
+class PooledContextEmbedder(nn.Module):
+    """Text tokens (B, L, E) with mask (B, L) -> (B, D), added to the time embedding.
+
+    pooled = mean of the real tokens' rows (mask True), then Linear(E, D) -> SiLU -> Linear(D, D)
+    (SD3's pooled-text path next to cross-attention). Rows without any real token, or
+    ``context=None``, get a learned null vector, so classifier-free guidance's null condition is
+    one learned point here as it is in cross-attention (initialized at zero).
+    """
+
+    def __init__(self, context_dim: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Linear(context_dim, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+        self.null = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, context: Tensor | None, mask: Tensor | None, batch_size: int) -> Tensor:
+        null = self.null.expand(batch_size, -1)  # (B, D)
+        if context is None:
+            return null
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        weights = mask.to(null.dtype)[..., None]  # (B, L, 1)
+        count = weights.sum(1)  # (B, 1)
+        pooled = (context.to(null.dtype) * weights).sum(1) / count.clamp(min=1)  # (B, E)
+        return torch.where(count > 0, self.proj(pooled), null)
