@@ -42,6 +42,13 @@ def test_defaults_and_overrides_from_toml_and_yaml(tmp_path):
             "experts[0].prediction 'velocity' is not a DDPM prediction",
         ),
         ("resolution = [\n", "does not parse"),
+        ("text_encodr = 'hash'\n", "did you mean 'text_encoder'?"),
+        ("text_encoder = 'clip'\n", "text_encoder 'clip' is neither 'hash', 'minilm' nor a folder"),
+        ("[sample]\nprompts = ['a cat']\n", "sample.prompts needs a text-conditioned run"),
+        ("text_encoder = 'hash'\n[sample]\nprompts = []\n", "non-empty list of non-empty"),
+        ("text_encoder = 'hash'\n[sample]\nprompts = ['a', ' ']\n", "non-empty list of non-"),
+        ("text_encoder = 'hash'\n[sample]\nprompts = 'a cat'\n", "must be a list of prompt"),
+        ("text_encoder = 'hash'\n[sample]\nper_prompt = 0\n", "sample.per_prompt must be >= 1"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, text, message):
@@ -53,3 +60,15 @@ def test_bad_configs_are_one_line_errors(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(HetdiffError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_text_config(tmp_path):
+    assert RunConfig().text_encoder is None and RunConfig().sample.prompts is None
+    cfg = load_config(
+        write(tmp_path, "text_encoder = 'hash'\n[sample]\nprompts = ['a cat', 'a dog']\n")
+    )
+    assert cfg.text_encoder == "hash" and cfg.sample.prompts == ("a cat", "a dog")
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert load_config(overrides={"text_encoder": str(folder)}).text_encoder == str(folder)

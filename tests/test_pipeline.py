@@ -2,6 +2,7 @@
 and refusals before any work starts."""
 
 import dataclasses
+import html
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from hetdiff.cli import main
 from hetdiff.config import load_config
 from hetdiff.errors import HetdiffError
-from hetdiff.pipeline import Run
+from hetdiff.pipeline import STAGES, Run
 
 TOY = """
 data = "digits"
@@ -54,8 +55,8 @@ def toy_config(tmp_path, steps0=30, steps1=400):
     return path
 
 
-def run_cli(args, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli(args, env_extra=None, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "hetdiff", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=env, **kwargs,
@@ -151,3 +152,112 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("hetdiff: error: cluster.k = 3 but 4 experts") and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- text runs
+
+
+def test_class_runs_keep_their_stage_keys_and_folders(tmp_path):
+    """The text keys are left out of a class run's stage keys and folder check: folders made
+    before text runs existed resume as they are (keys recorded from that code)."""
+    keys = {stage: Run(load_config(), tmp_path).stage_key(stage) for stage in STAGES}
+    assert keys == {
+        "cluster": "eaa59f0bbb9258ea",
+        "experts": "50f79fc5098ac2e5",
+        "router": "5b61e839af80137f",
+        "sample": "bc586daa75253c77",
+        "evaluate": "22727e14d35d72d2",
+        "report": "8fbbdc91873093bf",
+    }
+    old = load_config().to_dict()
+    del old["text_encoder"], old["sample"]["prompts"], old["sample"]["per_prompt"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    Run(load_config(), tmp_path).check_folder()  # accepted as the same run
+    text = Run(load_config(overrides={"text_encoder": "hash"}), tmp_path)
+    assert text.stage_key("cluster") == keys["cluster"]  # clusters do not read captions
+    assert all(text.stage_key(s) != keys[s] for s in STAGES[1:])
+    with pytest.raises(HetdiffError, match="holds another run .*text_encoder"):
+        text.check_folder()
+
+
+def text_config(tmp_path, steps=30, prompts=None):
+    """The toy run conditioned on captions of the hash encoder, 4 images per prompt grid."""
+    text = TOY.format(steps0=steps, steps1=steps)
+    text = text.replace("workers = 1\n", 'workers = 1\ntext_encoder = "hash"\n')
+    sample = "[sample]\nper_prompt = 4\n"
+    if prompts is not None:
+        sample += f"prompts = {json.dumps(prompts)}\n"
+    path = tmp_path / "text.toml"
+    path.write_text(text.replace("[sample]\n", sample))
+    return path
+
+
+def check_text_run(out, prompts):
+    """Per-prompt grids listed with their prompts, strategy and expert grids, metrics with the
+    captions' labels, a text router and experts, and a report captioning each prompt grid."""
+    from hetdiff.experts.store import list_experts
+    from hetdiff.models.router import read_router_spec
+
+    assert {spec.text_encoder for _, spec in list_experts(out / "experts")} == {"hash"}
+    router = read_router_spec(out / "router")
+    assert (router.conditioning, router.text_encoder) == ("text", "hash")
+    listing = json.loads((out / "samples" / "prompts.json").read_text())
+    assert listing["strategy"] == "top1"
+    assert [entry["prompt"] for entry in listing["prompts"]] == prompts
+    for i in range(len(prompts)):
+        assert (out / "samples" / f"prompt-{i}.png").is_file()
+    for name in ("top1", "full", "expert-0", "expert-1"):
+        assert (out / "samples" / f"{name}.png").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["strategies"]) == {"top1", "full"}
+    assert "intra_class_diversity" in metrics["strategies"]["top1"]  # labels of the captions
+    assert len(metrics["router_by_t"]) == 10
+    report = (out / "report.html").read_text()
+    assert all(f"&ldquo;{html.escape(prompt)}&rdquo;" in report for prompt in prompts)
+    assert report.count("data:image/png;base64,") >= 5 + len(prompts)
+    assert "captions embedded by <b>hash</b>" in report
+
+
+class InProcess:
+    """Stands in for subprocess.Popen of ``python -m hetdiff ...``: runs the command here."""
+
+    def __init__(self, cmd, **kwargs):
+        assert cmd[1:3] == ["-m", "hetdiff"]
+        self.cmd = cmd
+        self.returncode = main(cmd[3:])
+
+    def poll(self):
+        return self.returncode
+
+
+def test_text_run_in_one_process(tmp_path, monkeypatch):
+    """The text pipeline with its experts trained in this process (the cheap default check)."""
+    monkeypatch.setenv("HETDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    launched = []
+    monkeypatch.setattr(
+        subprocess, "Popen", lambda cmd, **kw: launched.append(cmd) or InProcess(cmd)
+    )
+    prompts = ["a handwritten digit three", "a <b>bold</b> digit & one"]
+    config = load_config(text_config(tmp_path, steps=20, prompts=prompts))
+    Run(config, tmp_path / "run").execute()
+    assert len(launched) == 2 and all(
+        cmd[cmd.index("--text-encoder") + 1] == "hash" for cmd in launched
+    )
+    assert not any("--unconditional" in cmd for cmd in launched)
+    check_text_run(tmp_path / "run", prompts)
+
+
+@pytest.mark.slow
+def test_text_run_writes_prompt_grids_metrics_and_report(tmp_path):
+    """The whole text run from the command line, experts in their own processes (~60-80 s)."""
+    from hetdiff.data.captions import default_prompts
+    from hetdiff.data.datasets import load_dataset
+
+    out = tmp_path / "run"
+    env = {"HETDIFF_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli(["run", str(text_config(tmp_path)), "--out", str(out)], env_extra=env)
+    log, _ = result.communicate(timeout=600)
+    assert result.returncode == 0, log
+    prompts = default_prompts(load_dataset("digits").class_names)
+    assert len(prompts) == 8
+    check_text_run(out, prompts)

@@ -68,6 +68,9 @@ class SampleConfig:
     strategies: tuple[str, ...] = ("top1", "full", "top-k", "sample")
     top_k: int = 2
     cfg: float = 1.0  # classifier-free guidance scale (1 = conditional velocity)
+    # text runs only: one grid per prompt from the first strategy; None = one per class (<= 8)
+    prompts: tuple[str, ...] | None = None
+    per_prompt: int = 16  # images in each prompt's grid
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class RunConfig:
     seed: int = 0
     workers: int = 2  # experts trained in parallel, each in its own process
     class_conditional: bool = True
+    # captions instead of class labels for experts and router: "hash" | "minilm" | a folder
+    text_encoder: str | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     experts: tuple[ExpertConfig, ...] = field(default_factory=_default_experts)
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -121,6 +126,12 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 _build(ExpertConfig, v, f"{where}experts[{i}].") for i, v in enumerate(value)
             )
         elif key == "strategies":
+            kwargs[key] = tuple(value)
+        elif key == "prompts" and value is not None:
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise HetdiffError(
+                    f"config key {where + key!r} must be a list of prompt strings, got {value!r}"
+                )
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
@@ -160,9 +171,25 @@ def validate(config: RunConfig) -> RunConfig:
         ("sample.n", config.sample.n),
         ("evaluate.n", config.evaluate.n),
         ("workers", config.workers),
+        ("sample.per_prompt", config.sample.per_prompt),
     ]:
         if value < 1:
             raise HetdiffError(f"{name} must be >= 1, got {value}")
+    if config.text_encoder is not None:
+        from hetdiff.models.text import check_text_encoder_name
+
+        check_text_encoder_name(config.text_encoder, what="text_encoder")
+    prompts = config.sample.prompts
+    if prompts is not None:
+        if config.text_encoder is None:
+            raise HetdiffError(
+                'sample.prompts needs a text-conditioned run; set text_encoder (e.g. "hash") '
+                "or drop sample.prompts"
+            )
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise HetdiffError(
+                f"sample.prompts must be a non-empty list of non-empty strings, got {list(prompts)}"
+            )
     return config
 
 

@@ -5,6 +5,12 @@ hash of everything it depends on; a stage whose marker matches is skipped, so a 
 where it stopped (an expert killed mid-training resumes from its last checkpoint). Each expert
 trains in its own process (``hetdiff train-expert``) on its own shard and writes only its own
 folder: nothing passes between experts.
+
+With ``text_encoder`` set the run is caption-conditioned: every expert and the router train on
+each image's caption (``hetdiff.data.captions``) instead of its class label, the sample stage also
+writes one grid per prompt (``samples/prompt-<i>.png``, listed in ``samples/prompts.json``), and
+the strategy samples are drawn with captions of the data. Without it the config keys for text
+are left out of the stage keys, so run folders made before they existed stay valid.
 """
 
 from __future__ import annotations
@@ -29,6 +35,17 @@ STAGES = ("cluster", "experts", "router", "sample", "evaluate", "report")
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _comparable(c: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the text keys while ``text_encoder`` is unset: what a run folder
+    recorded before text runs existed, so its stage keys and config.json still match."""
+    if c.get("text_encoder") is not None:
+        return c
+    c = {key: value for key, value in c.items() if key != "text_encoder"}
+    if isinstance(c.get("sample"), dict):
+        c["sample"] = {k: v for k, v in c["sample"].items() if k not in ("prompts", "per_prompt")}
+    return c
 
 
 def _log(message: str) -> None:
@@ -77,8 +94,17 @@ class Run:
     def _marker(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage}.json"
 
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts of a text run: ``sample.prompts``, else one per class (at most 8)."""
+        from hetdiff.data.captions import default_prompts
+
+        if self.config.sample.prompts:
+            return list(self.config.sample.prompts)
+        return default_prompts(self.dataset.class_names)
+
     def stage_key(self, stage: str) -> str:
-        c = self.config.to_dict()
+        c = _comparable(self.config.to_dict())
         parts: dict[str, Any] = {
             "data": c["data"],
             "resolution": c["resolution"],
@@ -88,6 +114,8 @@ class Run:
         if stage in ("experts", "router", "sample", "evaluate", "report"):
             parts["experts"] = c["experts"]
             parts["class_conditional"] = c["class_conditional"]
+            if "text_encoder" in c:
+                parts["text_encoder"] = c["text_encoder"]
         if stage in ("router", "sample", "evaluate", "report"):
             parts["router"] = c["router"]
         if stage in ("sample", "evaluate", "report"):
@@ -111,8 +139,8 @@ class Run:
         """Refuse a folder that holds another run's artifacts (before any work starts)."""
         saved = self.out / "config.json"
         if saved.is_file():
-            previous = json.loads(saved.read_text())
-            current = json.loads(json.dumps(self.config.to_dict()))
+            previous = _comparable(json.loads(saved.read_text()))
+            current = _comparable(json.loads(json.dumps(self.config.to_dict())))
             if previous != current:
                 differing = sorted(k for k in current if previous.get(k) != current.get(k))
                 raise HetdiffError(
@@ -221,7 +249,9 @@ class Run:
         ]  # fmt: skip
         if e.objective == "ddpm":
             cmd += ["--schedule", e.schedule or "linear"]
-        if not self.config.class_conditional:
+        if self.config.text_encoder is not None:
+            cmd += ["--text-encoder", self.config.text_encoder]
+        elif not self.config.class_conditional:
             cmd.append("--unconditional")
         if (folder / "train_state").is_dir():
             cmd.append("--resume")
@@ -244,16 +274,20 @@ class Run:
 
         partition = Partition.load(str(self.partition_path))
         ds = self.dataset
+        text = self.config.text_encoder
         num_classes = ds.num_classes if self.config.class_conditional else 0
+        net_config = RouterNetConfig(
+            partition.k, ds.resolution, ds.channels, num_classes=num_classes
+        )
+        if text is not None:  # train_router sizes a text router for its encoder's tokens
+            net_config = None
         r = self.config.router
         train_router(
             ds,
             partition,
             r.steps,
             self.router_dir,
-            config=RouterNetConfig(
-                partition.k, ds.resolution, ds.channels, num_classes=num_classes
-            ),
+            config=net_config,
             train_config=TrainConfig(
                 steps=r.steps,
                 batch_size=r.batch_size,
@@ -264,15 +298,8 @@ class Run:
                 progress=False,
             ),
             resume=(self.router_dir / "train_state").is_dir(),
+            text_encoder=text,
         )
-
-    def _labels(self, n: int, seed: int) -> torch.Tensor | None:
-        """Class labels drawn from the data's own label frequencies (seeded)."""
-        if not self.config.class_conditional:
-            return None
-        gen = torch.Generator().manual_seed(seed)
-        rows = torch.randint(0, len(self.dataset), (n,), generator=gen)
-        return self.dataset.labels[rows]
 
     def stage_sample(self) -> None:
         from safetensors.torch import save_file
@@ -281,28 +308,39 @@ class Run:
         from hetdiff.experts.build import load_velocity_model
         from hetdiff.io import atomic_path
         from hetdiff.sampling.ensemble import load_ensemble
-        from hetdiff.sampling.generate import generate
+        from hetdiff.sampling.generate import draw_conditions, generate
 
         s = self.config.sample
+        text = self.config.text_encoder
         shape = (self.dataset.channels, self.config.resolution, self.config.resolution)
         n = max(s.n, self.config.evaluate.n)
         seeds = list(range(10_000, 10_000 + n))
-        labels = self._labels(n, self.config.seed)
+        # text runs sample with the drawn rows' captions and keep their labels for the metrics
+        labels, captions = draw_conditions(
+            self.dataset, n, self.config.seed, text, self.config.class_conditional
+        )
         self.samples_dir.mkdir(parents=True, exist_ok=True)
-        jobs: list[tuple[str, Any, torch.Tensor | None]] = []
+        # (name, velocity, labels to sample with and store, captions to sample with, cfg)
+        jobs: list[tuple[str, Any, torch.Tensor | None, Any, float]] = []
         for strategy in s.strategies:
             ens = load_ensemble(
                 self.experts_dir, self.router_dir, strategy=strategy, top_k=s.top_k,
                 seed=self.config.seed, record=strategy == "full",
             )  # fmt: skip
-            jobs.append((strategy, ens, labels))
+            jobs.append((strategy, ens, labels, captions, s.cfg))
         for k in range(len(self.config.experts)):
             velocity, _ = load_velocity_model(self.expert_dir(k) / "expert.safetensors")
+            if text is not None:  # each expert alone, unconditional (the null caption)
+                jobs.append((f"expert-{k}", velocity, None, None, 1.0))
+                continue
             null = None if labels is None else torch.full_like(labels, -1)
-            jobs.append((f"expert-{k}", velocity, null))
-        for name, velocity, lab in jobs:
+            jobs.append((f"expert-{k}", velocity, null, None, s.cfg))
+        for name, velocity, lab, cond, cfg in jobs:
             t0 = time.time()
-            images = generate(velocity, shape, seeds, s.steps, s.solver, lab, s.cfg)
+            images = generate(
+                velocity, shape, seeds, s.steps, s.solver, None if cond is not None else lab,
+                cfg, cond=cond,
+            )  # fmt: skip
             _log(f"sampled {n} images with {name} in {time.time() - t0:.1f} s")
             save_grid(images[: s.n].clamp(-1, 1), str(self.samples_dir / f"{name}.png"))
             tensors = {"images": images.float().contiguous()}
@@ -316,6 +354,37 @@ class Run:
                 weights = [w[:4].tolist() for _, w in velocity.recorded]
                 atomic_write_json(self.samples_dir / "router_weights.json",
                                   {"t": t_values, "weights": weights})  # fmt: skip
+        if text is not None:
+            self._sample_prompts(shape)
+
+    def _sample_prompts(self, shape: tuple[int, int, int]) -> None:
+        """One grid per prompt from the first strategy, the same seeds for every prompt; the
+        prompts and their files go to ``samples/prompts.json``."""
+        from hetdiff.data.montage import save_grid
+        from hetdiff.models.text import encode_prompts, load_text_encoder
+        from hetdiff.sampling.ensemble import load_ensemble
+        from hetdiff.sampling.generate import generate
+
+        s = self.config.sample
+        strategy = s.strategies[0]
+        ens = load_ensemble(
+            self.experts_dir, self.router_dir, strategy=strategy, top_k=s.top_k,
+            seed=self.config.seed,
+        )  # fmt: skip
+        encoder = load_text_encoder(self.config.text_encoder)
+        seeds = list(range(20_000, 20_000 + s.per_prompt))
+        entries = []
+        for i, prompt in enumerate(self.prompts):
+            t0 = time.time()
+            cond = encode_prompts(encoder, [prompt] * s.per_prompt)
+            images = generate(ens, shape, seeds, s.steps, s.solver, None, s.cfg, cond=cond)
+            name = f"prompt-{i}.png"
+            save_grid(images.clamp(-1, 1), str(self.samples_dir / name), nrow=min(8, len(seeds)))
+            entries.append({"prompt": prompt, "file": name})
+            _log(f"sampled {len(seeds)} images for {prompt!r} in {time.time() - t0:.1f} s")
+        atomic_write_json(
+            self.samples_dir / "prompts.json", {"strategy": strategy, "prompts": entries}
+        )
 
     def stage_evaluate(self) -> None:
         from hetdiff.metrics.evaluate import evaluate_run

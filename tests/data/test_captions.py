@@ -14,6 +14,7 @@ from hetdiff.data.captions import (
     check_prompts,
     class_captions,
     dataset_captions,
+    default_prompts,
     read_prompts,
     template_choice,
 )
@@ -93,3 +94,14 @@ def test_prompts_file_and_empty_prompt_lists(tmp_path: Path) -> None:
         check_prompts(["a cat", "  "])
     with pytest.raises(HetdiffError, match="does not exist"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_default_prompts_spread_over_the_classes() -> None:
+    names = [f"mnist5k/{n}" for n in ("zero", "one", "two")]
+    assert default_prompts(names) == [
+        "a handwritten digit zero", "a handwritten digit one", "a handwritten digit two"
+    ]  # fmt: skip
+    union = names * 3 + [f"animal-mnist/a{i}" for i in range(11)]  # 20 classes
+    prompts = default_prompts(union)
+    assert len(prompts) == 8 and prompts[0] == "a handwritten digit zero"
+    assert prompts[-1] == "a silhouette of an a10"  # the last class is always shown

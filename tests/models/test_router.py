@@ -4,6 +4,7 @@ clusters (and uses class labels when they decide the cluster), bitwise resume.""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -320,3 +321,58 @@ def test_train_router_refuses_mismatched_inputs(quadrants, tmp_path):
         train_router(other, partition, 2, tmp_path)
     with pytest.raises(HetdiffError, match="does not fit partition K=4"):
         train_router(dataset, partition, 2, tmp_path, RouterConfig(3, 8, 1))
+
+
+# ----------------------------------------------------------------------------- text routers
+
+
+def test_text_router_spec_round_trips_with_its_encoder():
+    config = RouterConfig(4, 8, 1, context_dim=32)
+    spec = RouterSpec.for_config(config, "abc123", text_encoder="hash", steps=3)
+    assert (spec.conditioning, spec.text_encoder) == ("text", "hash")
+    assert RouterSpec.from_json(spec.to_json()) == spec
+    class_spec = RouterSpec.for_config(RouterConfig(4, 8, 1, num_classes=3), "abc123")
+    assert class_spec.text_encoder is None
+    with pytest.raises(HetdiffError, match="names text encoder 'hash' but its conditioning is"):
+        RouterSpec.for_config(RouterConfig(4, 8, 1, num_classes=3), "abc123", text_encoder="hash")
+
+
+def test_text_router_reads_the_captions(tmp_path):
+    """Pure-noise images whose cluster is decided by the class named in the caption: a router
+    trained on captions beats the cluster prior at every t, and its loss falls."""
+    gen = torch.Generator().manual_seed(2)
+    n = 256
+    labels = torch.randint(0, 4, (n,), generator=gen)
+    dataset = make_dataset(torch.randn(n, 1, 8, 8, generator=gen).clamp(-1, 1), labels, "noise")
+    partition = make_partition(dataset, (labels.numpy() // 2).astype(np.int64), 2)
+    train = small_train(120, checkpoint_every=60)
+    path = train_router(
+        dataset, partition, 120, tmp_path / "text", train_config=train, text_encoder="hash",
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    router, spec = load_router(path)
+    assert (spec.conditioning, spec.text_encoder, spec.steps) == ("text", "hash", 120)
+    assert spec.config.context_dim == 32 and spec.num_classes == 0
+    table = router_accuracy_by_t(
+        router, dataset, partition, buckets=2, n=256, text_encoder="hash",
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    prior = table[0].prior_accuracy
+    assert prior < 0.6 and min(row.accuracy for row in table) >= prior + 0.3, table
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "text" / "log.jsonl").open()]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+    with pytest.raises(HetdiffError, match="pass the text_encoder of its spec"):
+        router_accuracy_by_t(router, dataset, partition, buckets=2, n=16)
+    # resume refuses another encoder's settings; a text config without an encoder is refused
+    with pytest.raises(HetdiffError, match="cannot resume"):
+        train_router(
+            dataset, partition, 160, tmp_path / "text", train_config=small_train(160), resume=True,
+            text_encoder="hash", caption_seed=1, cache_dir=tmp_path / "cache",
+        )  # fmt: skip
+    with pytest.raises(HetdiffError, match="no text encoder was given"):
+        train_router(dataset, partition, 2, tmp_path / "x", RouterConfig(2, 8, 1, context_dim=32))
+    with pytest.raises(HetdiffError, match="needs context_dim=32 and no classes"):
+        train_router(
+            dataset, partition, 2, tmp_path / "y", RouterConfig(2, 8, 1, context_dim=8),
+            text_encoder="hash", cache_dir=tmp_path / "cache",
+        )  # fmt: skip

@@ -291,15 +291,17 @@ def test_bad_strategies_and_k_are_one_line_errors(gm4):
 
 
 def write_expert(directory, name, cluster, *, k=2, res=8, channels=1, classes=0, partition="p1",
-                 schedule=None, seed=0):  # fmt: skip
-    """A tiny random DiT expert checkpoint (flow, or DDPM-eps on ``schedule``)."""
+                 schedule=None, seed=0, text_encoder=None, autoencoder=None):  # fmt: skip
+    """A tiny random DiT expert checkpoint (flow, or DDPM-eps on ``schedule``); a text expert
+    (32-d tokens) with ``text_encoder``, a latent one with an ``autoencoder`` dict."""
     from hetdiff.experts.spec import ExpertSpec
     from hetdiff.experts.store import save_expert
     from hetdiff.models.dit import DiT, DiTConfig
 
     torch.manual_seed(seed)
     config = DiTConfig(input_size=res, in_channels=channels, patch_size=2, hidden_size=32,
-                       depth=1, num_heads=2, num_classes=classes)  # fmt: skip
+                       depth=1, num_heads=2, num_classes=classes,
+                       context_dim=None if text_encoder is None else 32)  # fmt: skip
     net = DiT(config)
     for p in net.parameters():  # zero-initialized output layers would make every expert 0
         p.data.normal_(0, 0.1)
@@ -314,18 +316,23 @@ def write_expert(directory, name, cluster, *, k=2, res=8, channels=1, classes=0,
         resolution=res,
         channels=channels,
         num_classes=classes,
+        text_encoder=text_encoder,
+        autoencoder=autoencoder,
     )
     save_expert(directory / f"{name}.safetensors", net.state_dict(), spec)
 
 
-def write_router(path, *, k=2, res=8, channels=1, classes=0, partition="p1"):
+def write_router(path, *, k=2, res=8, channels=1, classes=0, partition="p1", text_encoder=None,
+                 context_dim=32):  # fmt: skip
     from hetdiff.models.router import Router, RouterConfig, RouterSpec, save_router
 
-    config = RouterConfig(k, res, channels, num_classes=classes)
+    context = None if text_encoder is None else context_dim
+    config = RouterConfig(k, res, channels, num_classes=classes, context_dim=context)
     router = Router(config)
     for p in router.parameters():
         p.data.normal_(0, 0.3)
-    return save_router(path, router.state_dict(), RouterSpec.for_config(config, partition))
+    spec = RouterSpec.for_config(config, partition, text_encoder=text_encoder)
+    return save_router(path, router.state_dict(), spec)
 
 
 @pytest.fixture
@@ -447,3 +454,67 @@ def test_float32_sampling_stays_inside_every_experts_range(gm4):
     noise = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(2))
     out = solve(ensemble, noise, 5, t_range=ensemble.t_range)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_experts_and_router_of_other_encoders_spaces_or_conditionings_are_refused(tmp_path):
+    """Each mismatch is one line naming the odd checkpoint and the fix."""
+    from hetdiff.sampling.ensemble import load_ensemble
+
+    def folder(name, a=None, b=None):
+        path = tmp_path / name
+        for k, kwargs in enumerate((a or {}, b or {})):
+            (path / f"expert-{k}").mkdir(parents=True)
+            write_expert(path / f"expert-{k}", "expert", k, **kwargs)
+        return path
+
+    hash_text, other_text = {"text_encoder": "hash"}, {"text_encoder": "/models/clip-text"}
+    plain_router = write_router(tmp_path / "plain.safetensors")
+    (tmp_path / "router").mkdir()
+    text_router = write_router(tmp_path / "router", text_encoder="hash")
+    class_router = write_router(tmp_path / "class.safetensors", classes=3)
+
+    message = one_line_error(
+        "experts differ in text encoder", load_ensemble,
+        folder("encoders", hash_text, other_text), plain_router,
+    )  # fmt: skip
+    assert "expert-1/expert.safetensors was trained on /models/clip-text" in message
+    assert "expert-0/expert.safetensors on hash" in message
+    assert message.endswith("--text-encoder hash")
+
+    vae = {"kind": "diffusers-kl", "path": "/models/vae", "digest": "0123456789abcdef",
+           "scaling_factor": 0.18, "shift_factor": 0.0}  # fmt: skip
+    message = one_line_error(
+        "experts differ in latent space", load_ensemble,
+        folder("latents", {}, {"autoencoder": vae}), plain_router,
+    )  # fmt: skip
+    assert "expert-1/expert.safetensors lives in /models/vae@01234567" in message
+    assert "in pixels" in message and message.endswith("without --autoencoder")
+    message = one_line_error(
+        "experts differ in latent space", load_ensemble,
+        folder("latents2", {"autoencoder": vae}, {}), plain_router,
+    )  # fmt: skip
+    assert message.endswith("with --autoencoder /models/vae")
+
+    text_experts = folder("text", hash_text, hash_text)
+    class_experts = folder("classes", {"classes": 3}, {"classes": 3})
+    message = one_line_error(
+        "the router is conditioned on text", load_ensemble, class_experts, text_router
+    )
+    assert "router/router.safetensors" in message and "classes/" not in message
+    assert "expert-0/expert.safetensors" in message and "without --text-encoder" in message
+    message = one_line_error(
+        "the router is class-conditioned", load_ensemble, text_experts, class_router
+    )
+    assert "class.safetensors" in message and message.endswith("--text-encoder hash")
+    other_router = write_router(
+        tmp_path / "other.safetensors", text_encoder="minilm", context_dim=384
+    )
+    message = one_line_error(
+        "captions of text encoder minilm", load_ensemble, text_experts, other_router
+    )
+    assert "(384-d, other.safetensors)" in message and "on hash (32-d)" in message
+
+    # the fitting combinations load: text router or unconditional router with text experts
+    assert load_ensemble(text_experts, text_router).cluster_ids == [0, 1]
+    assert load_ensemble(text_experts, plain_router).cluster_ids == [0, 1]
+    assert load_ensemble(class_experts, class_router).cluster_ids == [0, 1]

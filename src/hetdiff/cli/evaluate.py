@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from hetdiff.io import atomic_write_json
     from hetdiff.metrics.evaluate import EvalSettings, evaluate
     from hetdiff.sampling.ensemble import load_ensemble
-    from hetdiff.sampling.generate import generate
+    from hetdiff.sampling.generate import draw_conditions, generate
 
     if args.n < 2:
         raise HetdiffError(f"--n must be >= 2 for FID and diversity, got {args.n}")
@@ -52,23 +52,24 @@ def run(args: argparse.Namespace) -> int:
         partition.check_dataset(dataset)
     shape = (spec.channels, spec.resolution, spec.resolution)
     seeds = list(range(10_000, 10_000 + args.n))
-    labels = None
-    if spec.num_classes:
-        rows = torch.randint(
-            0, len(dataset), (args.n,), generator=torch.Generator().manual_seed(args.seed)
-        )
-        labels = dataset.labels[rows]
+    # text experts sample with captions of drawn rows (their labels stay for the diversity)
+    labels, captions = draw_conditions(
+        dataset, args.n, args.seed, spec.text_encoder, bool(spec.num_classes)
+    )
     strategies = {}
     for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
         ens = load_ensemble(
             args.experts, args.router, strategy=strategy, top_k=args.top_k, seed=args.seed
         )
-        images = generate(ens, shape, seeds, args.steps, args.solver, labels, args.cfg)
+        sample_labels = None if captions is not None else labels
+        images = generate(
+            ens, shape, seeds, args.steps, args.solver, sample_labels, args.cfg, cond=captions
+        )
         strategies[strategy] = (images, labels)
     experts = {}
     for path, expert_spec in entries:
         velocity, _ = load_velocity_model(path)
-        null = None if labels is None else torch.full_like(labels, -1)
+        null = None if labels is None or captions is not None else torch.full_like(labels, -1)
         images = generate(velocity, shape, seeds, args.steps, args.solver, null)
         experts[f"expert-{expert_spec.cluster_id}"] = (images, None)
     settings = EvalSettings(

@@ -83,13 +83,8 @@ def run(args: argparse.Namespace) -> int:
         )
         from hetdiff.experts.store import list_experts
 
-        specs = [entry[1] for entry in list_experts(args.experts)]
-        from hetdiff.models.autoencoder import check_same_latent_space
-        from hetdiff.models.text import check_same_text_encoder
-
-        check_same_text_encoder(specs)
-        check_same_latent_space(specs)
-        spec = specs[0]
+        # load_ensemble checked that the experts share conditioning, text encoder, latent space
+        spec = list_experts(args.experts)[0][1]
         num_classes, class_names = spec.num_classes, spec.class_names
         shape = (spec.channels, spec.resolution, spec.resolution)
     prompts, cond = _prompt_conditioning(args, spec)

@@ -21,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--hidden", type=int, default=32, help="conv width (multiple of 8)")
     p.add_argument("--unconditional", action="store_true", help="ignore class labels")
+    p.add_argument(
+        "--text-encoder",
+        default=None,
+        help="condition on each image's caption embedded by hash | minilm | a transformers "
+        "folder (the experts' --text-encoder); replaces class labels",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
@@ -37,15 +43,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise HetdiffError(f"--steps must be >= 1, got {args.steps}")
+    if args.text_encoder is not None and args.unconditional:
+        raise HetdiffError("--text-encoder and --unconditional exclude each other; give one")
     dataset = load_dataset(args.data, resolution=args.resolution)
     partition = Partition.load(args.partition)
-    num_classes = 0 if args.unconditional else dataset.num_classes
+    context_dim = None
+    if args.text_encoder is not None:
+        from hetdiff.models.text import load_text_encoder
+
+        context_dim = load_text_encoder(args.text_encoder).dim
+    conditional = not args.unconditional and context_dim is None
     config = RouterConfig(
         partition.k,
         dataset.resolution,
         dataset.channels,
         hidden=args.hidden,
-        num_classes=num_classes,
+        num_classes=dataset.num_classes if conditional else 0,
+        context_dim=context_dim,
     )
     train_config = TrainConfig(
         steps=args.steps,
@@ -57,14 +71,25 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     path = train_router(
-        dataset, partition, args.steps, args.out, config, train_config, resume=args.resume
+        dataset,
+        partition,
+        args.steps,
+        args.out,
+        config,
+        train_config,
+        resume=args.resume,
+        text_encoder=args.text_encoder,
     )
     print(f"wrote {path}")
     from hetdiff.models.router import load_router
 
     router, _ = load_router(path)
     print("router accuracy per t bucket (prior = always the largest cluster):")
-    for row in router_accuracy_by_t(router, dataset, partition, buckets=10, n=1000, seed=args.seed):
+    table = router_accuracy_by_t(
+        router, dataset, partition, buckets=10, n=1000, seed=args.seed,
+        text_encoder=args.text_encoder,
+    )  # fmt: skip
+    for row in table:
         print(
             f"  t in [{row.t_lo:.1f}, {row.t_hi:.1f}]: accuracy {row.accuracy:.3f} "
             f"(prior {row.prior_accuracy:.3f}), entropy {row.entropy:.3f}"

@@ -96,6 +96,16 @@ def class_captions(class_name: str) -> tuple[str, ...]:
     return tuple(t.format(a=_article(name), name=name) for t in TEMPLATES[family])
 
 
+def default_prompts(class_names: tuple[str, ...] | list[str], limit: int = 8) -> list[str]:
+    """One prompt per class (the first template of ``class_captions``), for at most ``limit``
+    classes spread evenly over the class list, so a union shows every source."""
+    if not class_names:
+        raise HetdiffError("the data has no class names to make prompts from; give prompts")
+    count = min(limit, len(class_names))
+    picks = sorted({round(i * (len(class_names) - 1) / max(1, count - 1)) for i in range(count)})
+    return [class_captions(class_names[i])[0] for i in picks]
+
+
 def template_choice(ids: Tensor | np.ndarray, num_templates: int, seed: int = 0) -> np.ndarray:
     """(N,) int64 template index per global id: splitmix64(id, seed) mod ``num_templates``."""
     mask = np.uint64(0xFFFFFFFFFFFFFFFF)

@@ -97,7 +97,10 @@ def evaluate(
 
     router, router_spec = load_router(router_path)
     if partition is not None:
-        buckets = router_accuracy_by_t(router, dataset, partition, 10, 1000, settings.seed)
+        buckets = router_accuracy_by_t(
+            router, dataset, partition, 10, 1000, settings.seed,
+            text_encoder=router_spec.text_encoder,
+        )  # fmt: skip
         metrics["router_by_t"] = [b._asdict() for b in buckets]
         metrics["partition"] = {
             "k": partition.k,
@@ -109,14 +112,23 @@ def evaluate(
     expert_flops = []
     for path in expert_paths:
         velocity, spec = load_velocity_model(path)
-        cond = torch.zeros(1, dtype=torch.long) if spec.num_classes else None
+        cond = _one_condition(spec.num_classes, spec.text_encoder)
         expert_flops.append(forward_flops(lambda v=velocity, c=cond: v(x, t, c)))
-    router_cond = torch.zeros(1, dtype=torch.long) if router_spec.num_classes else None
+    router_cond = _one_condition(router_spec.num_classes, router_spec.text_encoder)
     router_flops = forward_flops(lambda: router(x, t, router_cond))
     nfe = solver_nfe(settings.solver, settings.steps)
     metrics["flops_per_sample"] = strategy_flops(expert_flops, router_flops, nfe, settings.top_k)
     metrics["flops_per_forward"] = {"experts": expert_flops, "router": router_flops}
     return metrics
+
+
+def _one_condition(num_classes: int, text_encoder: str | None) -> Any:
+    """One row of a real condition (class 0, or a caption of the encoder) for counting FLOPs."""
+    if text_encoder is not None:
+        from hetdiff.models.text import encode_prompts, load_text_encoder
+
+        return encode_prompts(load_text_encoder(text_encoder), ["a picture of a zero"])
+    return torch.zeros(1, dtype=torch.long) if num_classes else None
 
 
 def evaluate_run(run: Any) -> dict[str, Any]:

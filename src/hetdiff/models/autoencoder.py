@@ -175,7 +175,7 @@ def load_autoencoder(
 def check_same_latent_space(specs: Sequence[Any]) -> dict[str, Any] | None:
     """The one autoencoder dict of an ensemble's expert specs (None: pixel space); experts in
     different latent spaces are a one-line error."""
-    found = {_latent_key(getattr(spec, "autoencoder", None)) for spec in specs}
+    found = {latent_space_name(getattr(spec, "autoencoder", None)) for spec in specs}
     if len(found) > 1:
         raise HetdiffError(
             "the experts live in different latent spaces (autoencoders "
@@ -185,7 +185,9 @@ def check_same_latent_space(specs: Sequence[Any]) -> dict[str, Any] | None:
     return getattr(specs[0], "autoencoder", None) if specs else None
 
 
-def _latent_key(ae: dict[str, Any] | None) -> str:
+def latent_space_name(ae: dict[str, Any] | None) -> str:
+    """A short name of the space an expert spec's ``autoencoder`` dict puts its images in:
+    "pixels", or "<folder>@<digest prefix>x<scaling factor>"."""
     if ae is None:
         return "pixels"
     return f"{ae.get('path')}@{str(ae.get('digest'))[:8]}x{ae.get('scaling_factor')}"

@@ -14,6 +14,11 @@ p(k | cond) as t -> 1. The network is a small convolutional net, cheap next to a
 
     emb (B, E) = MLP(sinusoid(t * time_scale)) [+ class embedding] [+ pooled text context]
 
+A text router (``context_dim`` set) is trained on each image's caption
+(``hetdiff.data.captions``), embedded by the experts' text encoder and mean-pooled over its real
+tokens; captions are dropped to the null context with probability ``label_dropout``, as the
+experts drop theirs, so the router also knows p(k | x_t, t) for the unconditional half of guidance.
+
 FiLM: h = conv(SiLU(GroupNorm(x) * (1 + scale) + shift)), x <- x + h, with (shift, scale) a
 zero-initialized Linear of SiLU(emb). Checkpoints: ``router.safetensors`` with the ``RouterSpec``
 as JSON metadata. ``train_router`` runs the shared training loop (progress, resume, atomic
@@ -44,6 +49,7 @@ from hetdiff.models.embeddings import LabelEmbedder, timestep_embedding
 if TYPE_CHECKING:
     from hetdiff.data.datasets import ImageDataset
     from hetdiff.data.partition import Partition
+    from hetdiff.models.text import CaptionBank
     from hetdiff.training.loop import LossFn, TrainConfig
 
 ROUTER_FILENAME = "router.safetensors"
@@ -234,6 +240,7 @@ class RouterSpec:
     channels: int
     num_classes: int = 0
     conditioning: str = "none"  # "none" | "class" | "text"
+    text_encoder: str | None = None  # text routers: the encoder of their captions (hash, minilm)
     model: dict[str, Any]  # RouterConfig.to_dict()
     steps: int = 0  # optimizer steps trained
     hetdiff_version: str = hetdiff.__version__
@@ -261,6 +268,18 @@ class RouterSpec:
             )
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise HetdiffError(f"router spec steps must be an integer >= 0, got {self.steps!r}")
+        if self.text_encoder is not None and (
+            not isinstance(self.text_encoder, str) or not self.text_encoder
+        ):
+            raise HetdiffError(
+                f"router spec text_encoder must be a non-empty string or null, got "
+                f"{self.text_encoder!r}"
+            )
+        if self.text_encoder is not None and self.conditioning != "text":
+            raise HetdiffError(
+                f"router spec names text encoder {self.text_encoder!r} but its conditioning is "
+                f"{self.conditioning!r}; only a text router (context_dim set) has an encoder"
+            )
 
     @classmethod
     def for_config(
@@ -356,10 +375,11 @@ def load_router(
 #                                   Training                                    #
 #################################################################################
 # The training loop hands loss_fn (model, x0, labels, generator) with labels a (B,) int64 column
-# of the data. The router needs two targets per row, its cluster and its class label, so the
-# trainer packs both into that one column: code = (label + 1) * K + cluster, label = -1 when the
-# router is unconditional. The loop's data fingerprint then covers clusters and labels, so a
-# resume against another partition is refused.
+# of the data. The router needs two targets per row, its cluster and its condition (class label,
+# or caption id for a text router), so the trainer packs both into that one column:
+# code = (label + 1) * K + cluster, label = -1 when the router is unconditional. The loop's data
+# fingerprint then covers clusters and conditions, so a resume against another partition is
+# refused.
 
 
 def encode_router_targets(clusters: Tensor, labels: Tensor | None, num_clusters: int) -> Tensor:
@@ -390,15 +410,24 @@ def flow_path_batch(x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Ten
     return (1 - tb) * x0 + tb * eps, t
 
 
-def router_loss_fn(num_clusters: int, num_classes: int = 0, label_dropout: float = 0.1) -> LossFn:
+def router_loss_fn(
+    num_clusters: int,
+    num_classes: int = 0,
+    label_dropout: float = 0.1,
+    bank: CaptionBank | None = None,
+) -> LossFn:
     """``loss_fn(router, x0, codes, generator) -> (B,)`` cross-entropy against the cluster of x0.
 
     ``codes`` are ``encode_router_targets`` output. A class-conditional router
     (``num_classes`` > 0) sees each label replaced by the null class with probability
     ``label_dropout``, so it also learns p(k | x_t, t) for the unconditional half of guidance.
+    With a caption ``bank`` the codes carry caption ids instead of labels: each becomes its
+    caption's embedding, or the null context with probability ``label_dropout``.
     """
     if not 0.0 <= label_dropout <= 1.0:
         raise HetdiffError(f"label_dropout must be in [0, 1], got {label_dropout}")
+    if bank is not None and num_classes:
+        raise HetdiffError("a router conditions on class labels or on captions, not both")
 
     def loss_fn(
         model: nn.Module, x0: Tensor, codes: Tensor | None, generator: torch.Generator
@@ -407,7 +436,11 @@ def router_loss_fn(num_clusters: int, num_classes: int = 0, label_dropout: float
             raise HetdiffError("router training needs cluster targets; use train_router")
         clusters, labels = decode_router_targets(codes, num_clusters)
         x_t, t = flow_path_batch(x0, generator)
-        cond = drop_labels(labels, label_dropout, generator) if num_classes else None
+        cond: Conditioning | Tensor | None = None
+        if bank is not None:
+            cond = bank.conditioning(drop_labels(labels, label_dropout, generator))
+        elif num_classes:
+            cond = drop_labels(labels, label_dropout, generator)
         return F.cross_entropy(model(x_t, t, cond).float(), clusters, reduction="none")
 
     return loss_fn
@@ -422,6 +455,9 @@ def train_router(
     train_config: TrainConfig | None = None,
     label_dropout: float = 0.1,
     resume: bool = False,
+    text_encoder: str | None = None,
+    caption_seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """Train a router on ``dataset`` against ``partition``'s clusters; return its checkpoint path.
 
@@ -429,12 +465,29 @@ def train_router(
     ``out_dir/train_state``); at every checkpoint the EMA weights are written atomically to
     ``out_dir/router.safetensors`` with a ``RouterSpec`` (K, partition fingerprint, data, steps).
     ``config`` defaults to an unconditional router of the data's resolution and channels.
+
+    ``text_encoder`` ("hash", "minilm" or a folder, as the experts' ``--text-encoder``) trains a
+    text router: ``config`` then defaults to ``context_dim`` = the encoder's token width, and
+    each image is seen with its caption (``dataset_captions(dataset, caption_seed)``, embedded
+    once into a caption bank under ``cache_dir``), dropped to the null context with probability
+    ``label_dropout``. The spec records conditioning "text" and the encoder.
     """
     from hetdiff.training.loop import STATE_DIRNAME, TrainConfig, train
     from hetdiff.training.state import read_manifest
 
     partition.check_dataset(dataset)
-    config = config or RouterConfig(partition.k, dataset.resolution, dataset.channels)
+    bank = caption_ids = None
+    if text_encoder is not None:
+        from hetdiff.models.text import dataset_caption_bank
+
+        bank, caption_ids = dataset_caption_bank(dataset, text_encoder, caption_seed, cache_dir)
+    if config is None:
+        config = RouterConfig(
+            partition.k,
+            dataset.resolution,
+            dataset.channels,
+            context_dim=None if bank is None else bank.dim,
+        )
     if (config.num_clusters, config.resolution, config.channels) != (
         partition.k,
         dataset.resolution,
@@ -445,9 +498,15 @@ def train_router(
             f"does not fit partition K={partition.k} and data {dataset.resolution} px, "
             f"{dataset.channels} ch; build the config from them"
         )
-    if config.context_dim is not None:
+    if bank is None and config.context_dim is not None:
         raise HetdiffError(
-            "train_router trains class-conditional or unconditional routers; set context_dim=None"
+            f"router config has context_dim={config.context_dim} but no text encoder was given; "
+            "pass text_encoder (--text-encoder) or set context_dim=None"
+        )
+    if bank is not None and (config.context_dim != bank.dim or config.num_classes):
+        raise HetdiffError(
+            f"a text router on {text_encoder} needs context_dim={bank.dim} and no classes, got "
+            f"context_dim={config.context_dim}, num_classes={config.num_classes}"
         )
     if config.num_classes and config.num_classes != dataset.num_classes:
         raise HetdiffError(
@@ -461,20 +520,21 @@ def train_router(
             f"{out_dir} already holds router training state; pass --resume to continue it or "
             "choose a new output directory"
         )
-    resolved = {
+    resolved: dict[str, Any] = {
         "router": config.to_dict(),
         "label_dropout": label_dropout,
         "partition": partition.fingerprint,
     }
+    if bank is not None:
+        resolved.update(text_encoder=text_encoder, caption_seed=caption_seed)
     if resume and config_path.is_file() and json.loads(config_path.read_text()) != resolved:
         raise HetdiffError(
             f"cannot resume: the router config or partition differs from {config_path}; "
             "pass the same settings or start a new run"
         )
     clusters = torch.from_numpy(partition.cluster_of(dataset.ids)).long()
-    codes = encode_router_targets(
-        clusters, dataset.labels if config.num_classes else None, partition.k
-    )
+    conditions = dataset.labels if config.num_classes else caption_ids  # caption ids: text
+    codes = encode_router_targets(clusters, conditions, partition.k)
     print(json.dumps(resolved, sort_keys=True))
     atomic_write_json(config_path, resolved)
 
@@ -490,10 +550,11 @@ def train_router(
             data_fingerprint=str(dataset.fingerprint),
             data_spec=str(dataset.spec),
             steps=step,
+            text_encoder=text_encoder,
         )
         save_router(target, ema_state, spec)
 
-    loss_fn = router_loss_fn(partition.k, config.num_classes, label_dropout)
+    loss_fn = router_loss_fn(partition.k, config.num_classes, label_dropout, bank)
     train(router, dataset.images, codes, loss_fn, train_config, out_dir, on_checkpoint, resume)
     return target
 
@@ -523,11 +584,15 @@ def router_accuracy_by_t(
     n: int = 1000,
     seed: int = 0,
     batch_size: int = 256,
+    text_encoder: str | None = None,
+    caption_seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> list[RouterAccuracy]:
     """Accuracy of ``router`` at predicting the cluster of x0 from x_t, per t-bucket.
 
     ``n`` samples (a seeded random subset) are noised at t ~ U(bucket) on the flow path; a
-    class-conditional router gets their labels.
+    class-conditional router gets their labels, a text router (which needs ``text_encoder``, the
+    one in its spec) their captions.
     """
     partition.check_dataset(dataset)
     generator = torch.Generator().manual_seed(seed)
@@ -537,7 +602,19 @@ def router_accuracy_by_t(
     prior_accuracy = float(
         (clusters == int(torch.tensor(partition.sizes).argmax())).double().mean()
     )
-    conditional = bool(getattr(getattr(router, "config", None), "num_classes", 0))
+    router_config = getattr(router, "config", None)
+    conditional = bool(getattr(router_config, "num_classes", 0))
+    bank = None
+    if getattr(router_config, "context_dim", None) is not None:
+        if text_encoder is None:
+            raise HetdiffError(
+                "this router is conditioned on text; pass the text_encoder of its spec to "
+                "measure it with the images' captions"
+            )
+        from hetdiff.models.text import dataset_caption_bank
+
+        bank, caption_ids = dataset_caption_bank(dataset, text_encoder, caption_seed, cache_dir)
+        labels = caption_ids[rows]
     device = next(router.parameters()).device
     was_training = router.training
     router.eval()
@@ -550,7 +627,11 @@ def router_accuracy_by_t(
             t = lo + (hi - lo) * torch.rand(x.shape[0], generator=generator)
             eps = torch.randn(x.shape, generator=generator)
             x_t = (1 - t[:, None, None, None]) * x + t[:, None, None, None] * eps
-            cond = labels[start : start + batch_size].to(device) if conditional else None
+            cond = None
+            if bank is not None:
+                cond = bank.conditioning(labels[start : start + batch_size]).to(device)
+            elif conditional:
+                cond = labels[start : start + batch_size].to(device)
             logits = router(x_t.to(device), t.to(device), cond).float().cpu()
             log_p = torch.log_softmax(logits, dim=1)
             correct += float((logits.argmax(1) == clusters[start : start + batch_size]).sum())

@@ -14,8 +14,9 @@ Encoders (``load_text_encoder(name_or_path)``):
   CLIP, T5 encoder, BERT-like), loaded with ``local_files_only``; its last hidden states.
 
 A ``CaptionBank`` holds the embeddings of a dataset's distinct captions, computed once and stored
-as safetensors under ``$HETDIFF_CACHE_DIR/text/``; ``CaptionConditioned`` turns the caption ids
-the training loop carries in its label column (-1 = dropped caption) into a ``Conditioning``.
+as safetensors under ``$HETDIFF_CACHE_DIR/text/`` (``dataset_caption_bank`` builds a dataset's);
+``CaptionConditioned`` turns the caption ids the training loop carries in its label column
+(-1 = dropped caption) into a ``Conditioning``.
 """
 
 from __future__ import annotations
@@ -217,6 +218,23 @@ def minilm_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+def check_text_encoder_name(name_or_path: Any, what: str = "--text-encoder") -> str:
+    """``name_or_path`` if it can name an encoder (``hash``, ``minilm`` with its wheel installed,
+    or a folder with config.json), without loading it; else a one-line error."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise HetdiffError(
+            f"{what} must be 'hash', 'minilm' or a folder path, got {name_or_path!r}"
+        )
+    if name_or_path == "minilm":
+        minilm_path()
+    elif name_or_path != "hash" and not (Path(name_or_path).expanduser() / "config.json").is_file():
+        raise HetdiffError(
+            f"{what} {name_or_path!r} is neither 'hash', 'minilm' nor a folder with config.json "
+            "(a text encoder saved by transformers' save_pretrained)"
+        )
+    return name_or_path
+
+
 _LOADED: dict[str, TextEncoder] = {}
 
 
@@ -302,6 +320,21 @@ def caption_bank(
             metadata={"texts": json.dumps(list(texts)), "encoder": encoder.key},
         )
     return CaptionBank(texts, context, mask, encoder.name)
+
+
+def dataset_caption_bank(
+    dataset: Any, encoder_name: str, seed: int = 0, cache_dir: str | Path | None = None
+) -> tuple[CaptionBank, Tensor]:
+    """The caption bank of ``dataset``'s captions under one encoder, and each sample's caption id.
+
+    Captions come from ``hetdiff.data.captions.dataset_captions(dataset, seed)``; returns
+    (bank, caption ids (N,) int64 into ``bank.texts``, in dataset row order).
+    """
+    from hetdiff.data.captions import dataset_captions
+
+    captions = dataset_captions(dataset, seed=seed)
+    bank = caption_bank(load_text_encoder(encoder_name), captions.texts, cache_dir)
+    return bank, captions.index
 
 
 class CaptionConditioned:

@@ -57,6 +57,23 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _prompt_figures(samples: Path) -> list[str]:
+    """A text run's grids, one figure per prompt with the prompt as its caption (none for a
+    class-conditional run: it has no ``prompts.json``)."""
+    listing = samples / "prompts.json"
+    if not listing.is_file():
+        return []
+    prompts = json.loads(listing.read_text())
+    strategy = html.escape(str(prompts.get("strategy", "")))
+    parts = [f"<h3>Prompts (ensemble, strategy <b>{strategy}</b>)</h3><div class='grids'>"]
+    for entry in prompts.get("prompts", []):
+        prompt = str(entry["prompt"])
+        parts.append(f"<figure>{_img(samples / entry['file'], alt=prompt)}"
+                     f"<figcaption>&ldquo;{html.escape(prompt)}&rdquo;</figcaption></figure>")  # fmt: skip
+    parts.append("</div>")
+    return parts
+
+
 def write_report(run: Any) -> Path:
     """Write ``run.out/report.html`` from the run folder's artifacts; returns its path."""
     out: Path = run.out
@@ -69,12 +86,19 @@ def write_report(run: Any) -> Path:
         f"<p>Data <b>{html.escape(cfg.data)}</b> at {cfg.resolution} px, K = {cfg.cluster.k} "
         f"experts trained in isolation, one per cluster; a router mixes them in velocity space.</p>"
     )
+    if getattr(cfg, "text_encoder", None) is not None:
+        parts.append(
+            f"<p>Conditioned on captions embedded by <b>{html.escape(cfg.text_encoder)}</b>: "
+            "strategy grids use captions of the data, prompt grids the prompts below.</p>"
+        )
 
     parts.append("<h2>Samples</h2><div class='grids'>")
     for name in cfg.sample.strategies:
         parts.append(f"<figure>{_img(out / 'samples' / f'{name}.png', alt=name)}"
                      f"<figcaption>ensemble, strategy <b>{html.escape(name)}</b></figcaption></figure>")  # fmt: skip
-    parts.append("</div><h3>Each expert alone (unconditional)</h3><div class='grids'>")
+    parts.append("</div>")
+    parts.extend(_prompt_figures(out / "samples"))
+    parts.append("<h3>Each expert alone (unconditional)</h3><div class='grids'>")
     for k, e in enumerate(cfg.experts):
         label = f"expert {k}: {e.objective} {e.prediction} {e.schedule or ''}"
         parts.append(f"<figure>{_img(out / 'samples' / f'expert-{k}.png', alt=label)}"

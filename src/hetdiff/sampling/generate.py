@@ -47,6 +47,32 @@ def class_labels_for(
     return torch.full((n,), index, dtype=torch.long)
 
 
+def draw_conditions(
+    dataset: Any,
+    n: int,
+    seed: int,
+    text_encoder: str | None = None,
+    class_conditional: bool = True,
+    cache_dir: Any = None,
+) -> tuple[Tensor | None, Conditioning | None]:
+    """Conditions of ``n`` rows drawn from the data (seeded, with replacement), so samples follow
+    the data's own class (or caption) frequencies. Returns (class labels (n,) of the drawn rows,
+    caption ``Conditioning`` of the same rows): text models sample with the captions (the labels
+    stay for per-class metrics), class models with the labels (None), unconditional models get
+    (None, None)."""
+    if text_encoder is None and not class_conditional:
+        return None, None
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(dataset), (n,), generator=gen)
+    labels = dataset.labels[rows]
+    if text_encoder is None:
+        return labels, None
+    from hetdiff.models.text import dataset_caption_bank
+
+    bank, caption_ids = dataset_caption_bank(dataset, text_encoder, cache_dir=cache_dir)
+    return labels, bank.conditioning(caption_ids[rows])
+
+
 @torch.no_grad()
 def generate(
     velocity: Any,
