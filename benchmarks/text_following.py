@@ -1,11 +1,12 @@
 """Does a text-conditioned ensemble follow its prompts? And how diverse is it per prompt?
 
-Setup (all offline, CPU, defaults sized for 2 cores in about 10 minutes):
+Setup (all offline, CPU; the defaults took 55 minutes on 2 cores shared with other jobs):
 - data: mnist5k+animal-mnist at 16 px (20 classes: 10 digits, 10 animal silhouettes); captions
   from class names through templates (``hetdiff.data.captions``), embedded once by the text
   encoder (default ``hash``, the dependency-free one; ``--text-encoder minilm`` for MiniLM).
 - partition: K = 2 clusters = the two sources (digits | animals).
-- experts (caption-conditioned tiny DiTs, caption dropout 0.1): a DDPM-eps expert and a flow
+- experts (caption-conditioned tiny DiTs: cross-attention plus the pooled caption added to the
+  time embedding; caption dropout 0.1): a DDPM-eps expert and a flow
   expert on cluster 0, a flow expert on cluster 1. Heterogeneous ensemble = {DDPM 0, flow 1};
   homogeneous = {flow 0, flow 1}; both share the flow expert of cluster 1.
 - router: a Router with ``context_dim`` (pooled caption embedding), cross-entropy against the
@@ -133,8 +134,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=16)
     parser.add_argument("--text-encoder", default="hash")
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--expert-steps", type=int, default=800)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--expert-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--router-steps", type=int, default=300)
     parser.add_argument("--judge-steps", type=int, default=500)
     parser.add_argument("--per-prompt", type=int, default=10)
