@@ -39,7 +39,7 @@ from hetdiff.metrics.fid import (
 )
 from hetdiff.metrics.flops import forward_flops, solver_nfe
 from hetdiff.pipeline import Run
-from hetdiff.sampling.generate import generate
+from hetdiff.sampling.generate import draw_conditions, generate
 
 FLOW = {"objective": "flow"}
 DDPM_LINEAR = {"objective": "ddpm", "prediction": "eps", "schedule": "linear"}
@@ -127,7 +127,7 @@ def main() -> None:
     # the monolith uses the same reference, seeds and labels as the pipeline runs
     reference_run = Run(run_config(args, [FLOW] * 4, False, ["full"]), out / "4_flow_experts")
     dataset = reference_run.dataset
-    labels = reference_run._labels(max(args.n, args.n), 0)
+    labels, _ = draw_conditions(dataset, args.n, reference_run.config.seed)
     mono = monolith(args, out, dataset, labels)
     rows_perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
     rows_perm = rows_perm[: args.reference_n]
