@@ -11,7 +11,8 @@ Each row reports FID (in-wheel InceptionV3, same n and seeds everywhere; small-s
 biased upward, so read differences, not absolute values), intra-class diversity (efficientnet
 features) and forward GFLOPs per sample. The papers claim the ensemble beats the monolith
 FLOP-for-FLOP and that mixed objectives do at least as well as all-flow; the table says what it
-says. Writes ``OUT/paper_tables.md`` and ``OUT/paper_tables.json`` and prints the table.
+says. Writes ``OUT/paper_tables.md``, ``OUT/paper_tables.json`` and bar charts of FID and
+diversity (``OUT/paper_tables_fid.svg``, ``OUT/paper_tables_diversity.svg``) and prints the table.
 
     python benchmarks/paper_tables.py [--steps 300] [--n 200] [--out runs/paper_tables]
 """
@@ -39,6 +40,7 @@ from hetdiff.metrics.fid import (
 )
 from hetdiff.metrics.flops import forward_flops, solver_nfe
 from hetdiff.pipeline import Run
+from hetdiff.report.svg import bar_chart
 from hetdiff.sampling.generate import draw_conditions, generate
 
 FLOW = {"objective": "flow"}
@@ -156,6 +158,10 @@ def main() -> None:
     print(f"total time {time.time() - started:.0f} s")
     (out / "paper_tables.md").write_text(text)
     (out / "paper_tables.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    for key, label in (("fid", "FID (lower is better)"), ("diversity", "intra-class diversity")):
+        chart = bar_chart([(row["model"], row[key]) for row in rows], header.split(";")[0], label)
+        (out / f"paper_tables_{key}.svg").write_text(chart)
+    print(f"wrote {out / 'paper_tables.md'} and its plots paper_tables_{{fid,diversity}}.svg")
 
 
 if __name__ == "__main__":

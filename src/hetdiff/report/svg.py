@@ -65,3 +65,49 @@ def line_chart(
         parts.append(f'<text x="{left + w - 106}" y="{ly - 4}">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def bar_chart(
+    bars: Sequence[tuple[str, float]],
+    title: str,
+    value_label: str,
+    width: int = 640,
+    bar_height: int = 18,
+) -> str:
+    """An SVG chart of horizontal bars, one per (name, value), each labelled with its value;
+    bar length is proportional to the value (axis from 0). NaN values draw no bar."""
+    shown = [v for _, v in bars if v == v]
+    if not shown:
+        return f"<p>{html.escape(title)}: no data</p>"
+    top_value = max(max(shown), 1e-12)
+    label_w, right, top = 300, 60, 28
+    w = width - label_w - right
+    height = top + len(bars) * (bar_height + 6) + 24
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+    ]
+    for i, (name, value) in enumerate(bars):
+        y = top + i * (bar_height + 6)
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + bar_height * 0.7:.1f}" text-anchor="end">'
+            f"{html.escape(name)}</text>"
+        )
+        if value == value:
+            length = max(value, 0.0) / top_value * w
+            color = PALETTE[i % len(PALETTE)]
+            parts.append(
+                f'<rect x="{label_w}" y="{y}" width="{length:.1f}" height="{bar_height}" '
+                f'fill="{color}"/>'
+            )
+            parts.append(
+                f'<text x="{label_w + length + 4:.1f}" y="{y + bar_height * 0.7:.1f}">'
+                f"{value:.4g}</text>"
+            )
+    parts.append(
+        f'<text x="{label_w + w / 2}" y="{height - 6}" text-anchor="middle">'
+        f"{html.escape(value_label)}</text>"
+    )
+    parts.append("</svg>")
+    return "".join(parts)
