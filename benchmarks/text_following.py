@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from hetdiff.data.captions import class_captions, dataset_captions
 from hetdiff.data.datasets import load_dataset
 from hetdiff.experts.build import velocity_from_spec
-from hetdiff.experts.store import load_expert_model
+from hetdiff.experts.store import load_expert_model, read_spec
 from hetdiff.experts.train import ExpertSettings, train_expert
 from hetdiff.metrics.diversity import mean_pairwise_distance
 from hetdiff.models.router import Router, RouterConfig
@@ -123,7 +123,8 @@ def train_text_router(
 
     codes = (caption_ids + 1) * K + clusters
     config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup_steps=20, progress=False)
-    result = train(router, images, codes, loss_fn, config, out_dir)
+    resume = (out_dir / "train_state").is_dir()  # an earlier run with --out: continue or reuse
+    result = train(router, images, codes, loss_fn, config, out_dir, resume=resume)
     router.load_state_dict(result.ema_state)
     return router.eval()
 
@@ -178,10 +179,18 @@ def main() -> None:
             progress=False,
         )
         t0 = time.time()
-        experts[f"{objective}{cluster}"] = train_expert(
-            data.subset(ids), settings, work / f"{objective}{cluster}", cluster, 2
-        )
-        print(f"expert {objective}{cluster}: {len(ids)} images, {time.time() - t0:.0f}s")
+        name = f"{objective}{cluster}"
+        done = work / name / "expert.safetensors"
+        if (
+            done.is_file()
+            and read_spec(done).steps == args.expert_steps
+            and (read_spec(done).text_encoder == args.text_encoder)
+        ):  # trained by an earlier run with --out: reuse
+            experts[name] = done
+            print(f"expert {name}: reused {done}")
+            continue
+        experts[name] = train_expert(data.subset(ids), settings, work / name, cluster, 2)
+        print(f"expert {name}: {len(ids)} images, {time.time() - t0:.0f}s")
 
     t0 = time.time()
     router = train_text_router(
