@@ -1,6 +1,6 @@
 """Does a text-conditioned ensemble follow its prompts? And how diverse is it per prompt?
 
-Setup (all offline, CPU; the defaults took 55 minutes on 2 cores shared with other jobs):
+Setup (all offline, CPU; the defaults took 14 minutes on 2 idle cores):
 - data: mnist5k+animal-mnist at 16 px (20 classes: 10 digits, 10 animal silhouettes); captions
   from class names through templates (``hetdiff.data.captions``), embedded once by the text
   encoder (default ``hash``, the dependency-free one; ``--text-encoder minilm`` for MiniLM).
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=16)
     parser.add_argument("--text-encoder", default="hash")
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--expert-steps", type=int, default=1000)
+    parser.add_argument("--expert-steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--router-steps", type=int, default=300)
     parser.add_argument("--judge-steps", type=int, default=500)
