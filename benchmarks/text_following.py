@@ -6,7 +6,8 @@ Setup (all offline, CPU; the defaults took 14 minutes on 2 idle cores):
   encoder (default ``hash``, the dependency-free one; ``--text-encoder minilm`` for MiniLM).
 - partition: K = 2 clusters = the two sources (digits | animals).
 - experts (caption-conditioned tiny DiTs: cross-attention plus the pooled caption added to the
-  time embedding; caption dropout 0.1): a DDPM-eps expert and a flow
+  time embedding; caption dropout 0.1): a DDPM expert (eps, linear schedule; other choices
+  with --ddpm-prediction / --ddpm-schedule) and a flow
   expert on cluster 0, a flow expert on cluster 1. Heterogeneous ensemble = {DDPM 0, flow 1};
   homogeneous = {flow 0, flow 1}; both share the flow expert of cluster 1.
 - router: a Router with ``context_dim`` (pooled caption embedding), cross-entropy against the
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (heun)")
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale")
+    parser.add_argument("--ddpm-prediction", default="eps", help="DDPM expert: eps | x0 | v")
+    parser.add_argument("--ddpm-schedule", default="linear", help="DDPM expert's noise schedule")
     parser.add_argument("--out", default=None, help="keep checkpoints here (default: temp dir)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -162,11 +165,16 @@ def main() -> None:
     judge = train_judge(data.images, data.labels, data.num_classes, args.judge_steps)
 
     experts: dict[str, Path] = {}
-    plan = [("ddpm", 0), ("flow", 0), ("flow", 1)]
-    for objective, cluster in plan:
+    ddpm_name = "ddpm0"  # the default DDPM expert (eps, linear); others get their own folder
+    if (args.ddpm_prediction, args.ddpm_schedule) != ("eps", "linear"):
+        ddpm_name = f"ddpm-{args.ddpm_prediction}-{args.ddpm_schedule}0"
+    plan = [(ddpm_name, "ddpm", 0), ("flow0", "flow", 0), ("flow1", "flow", 1)]
+    for name, objective, cluster in plan:
         ids = data.ids[clusters == cluster]
         settings = ExpertSettings(
             objective=objective,
+            prediction=args.ddpm_prediction if objective == "ddpm" else None,
+            schedule=args.ddpm_schedule,
             model=args.model,
             text_encoder=args.text_encoder,
             steps=args.expert_steps,
@@ -179,12 +187,11 @@ def main() -> None:
             progress=False,
         )
         t0 = time.time()
-        name = f"{objective}{cluster}"
         done = work / name / "expert.safetensors"
         if (
             done.is_file()
             and read_spec(done).steps == args.expert_steps
-            and (read_spec(done).text_encoder == args.text_encoder)
+            and read_spec(done).text_encoder == args.text_encoder
         ):  # trained by an earlier run with --out: reuse
             experts[name] = done
             print(f"expert {name}: reused {done}")
@@ -204,7 +211,7 @@ def main() -> None:
 
     ensembles = {
         "heterogeneous (ddpm+flow)": Ensemble(
-            [velocity("ddpm0"), velocity("flow1")], [0, 1], router, 2
+            [velocity(ddpm_name), velocity("flow1")], [0, 1], router, 2
         ),
         "homogeneous (flow+flow)": Ensemble(
             [velocity("flow0"), velocity("flow1")], [0, 1], router, 2
