@@ -1,13 +1,14 @@
 """Does a text-conditioned ensemble follow its prompts? And how diverse is it per prompt?
 
-Setup (all offline, CPU; the defaults took 14 minutes on 2 idle cores):
+Setup (all offline, CPU; the defaults take about 14 minutes on 2 idle cores):
 - data: mnist5k+animal-mnist at 16 px (20 classes: 10 digits, 10 animal silhouettes); captions
   from class names through templates (``hetdiff.data.captions``), embedded once by the text
   encoder (default ``hash``, the dependency-free one; ``--text-encoder minilm`` for MiniLM).
 - partition: K = 2 clusters = the two sources (digits | animals).
 - experts (caption-conditioned tiny DiTs: cross-attention plus the pooled caption added to the
-  time embedding; caption dropout 0.1): a DDPM expert (eps, linear schedule; other choices
-  with --ddpm-prediction / --ddpm-schedule) and a flow
+  time embedding; caption dropout 0.1): a DDPM expert (v prediction, cosine schedule; others
+  with --ddpm-prediction / --ddpm-schedule: eps on the linear schedule follows far worse at
+  this budget, 60% against 89% for the heterogeneous ensemble) and a flow
   expert on cluster 0, a flow expert on cluster 1. Heterogeneous ensemble = {DDPM 0, flow 1};
   homogeneous = {flow 0, flow 1}; both share the flow expert of cluster 1.
 - router: a Router with ``context_dim`` (pooled caption embedding), cross-entropy against the
@@ -143,8 +144,8 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (heun)")
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale")
-    parser.add_argument("--ddpm-prediction", default="eps", help="DDPM expert: eps | x0 | v")
-    parser.add_argument("--ddpm-schedule", default="linear", help="DDPM expert's noise schedule")
+    parser.add_argument("--ddpm-prediction", default="v", help="DDPM expert: eps | x0 | v")
+    parser.add_argument("--ddpm-schedule", default="cosine", help="DDPM expert's noise schedule")
     parser.add_argument("--out", default=None, help="keep checkpoints here (default: temp dir)")
     args = parser.parse_args()
     torch.manual_seed(0)
