@@ -153,6 +153,19 @@ def _pad_tokens(context: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Ten
     return torch.cat([context, pad], dim=1), torch.cat([mask, pad_mask], dim=1)
 
 
+def mean_of_real_tokens(
+    context: Tensor, mask: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Mean over the real tokens (mask True; ``None`` = all real) of ``context`` (B, L, E), in
+    ``dtype``: returns (pooled (B, E), count of real tokens (B, 1)); rows without a real token
+    pool to 0 and count 0, for the caller to replace by its null vector."""
+    if mask is None:
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    weights = mask.to(dtype)[..., None]  # (B, L, 1)
+    count = weights.sum(1)  # (B, 1)
+    return (context.to(dtype) * weights).sum(1) / count.clamp(min=1), count
+
+
 def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Replace each label by ``NULL_CLASS`` independently with probability ``p``.
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from hetdiff.errors import HetdiffError
+from hetdiff.models.conditioning import mean_of_real_tokens
 
 FREQUENCY_EMBEDDING_SIZE = 256
 """Width of the sinusoidal timestep features fed to the timestep MLP (as in DiT and PixArt)."""
@@ -190,9 +191,5 @@ class PooledContextEmbedder(nn.Module):
         null = self.null.expand(batch_size, -1)  # (B, D)
         if context is None:
             return null
-        if mask is None:
-            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
-        weights = mask.to(null.dtype)[..., None]  # (B, L, 1)
-        count = weights.sum(1)  # (B, 1)
-        pooled = (context.to(null.dtype) * weights).sum(1) / count.clamp(min=1)  # (B, E)
+        pooled, count = mean_of_real_tokens(context, mask, null.dtype)  # (B, E), (B, 1)
         return torch.where(count > 0, self.proj(pooled), null)

@@ -43,7 +43,12 @@ from torch import Tensor, nn
 import hetdiff
 from hetdiff.errors import HetdiffError
 from hetdiff.io import atomic_write_bytes, atomic_write_json
-from hetdiff.models.conditioning import Conditioning, as_conditioning, drop_labels
+from hetdiff.models.conditioning import (
+    Conditioning,
+    as_conditioning,
+    drop_labels,
+    mean_of_real_tokens,
+)
 from hetdiff.models.embeddings import LabelEmbedder, timestep_embedding
 
 if TYPE_CHECKING:
@@ -197,9 +202,7 @@ class Router(nn.Module):
         null = self.null_context.expand(batch, -1)  # (B, E)
         if cond is None or cond.context is None:
             return null
-        mask = cond.full_context_mask().to(null.dtype)  # (B, L)
-        count = mask.sum(dim=1, keepdim=True)  # (B, 1)
-        pooled = (cond.context.to(null.dtype) * mask[..., None]).sum(1) / count.clamp(min=1)
+        pooled, count = mean_of_real_tokens(cond.context, cond.context_mask, null.dtype)
         return torch.where(count > 0, self.context_proj(pooled), null)
 
     def forward(
