@@ -23,6 +23,7 @@ The trained DDPM expert in --work is reused by later runs with the same settings
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -37,7 +38,13 @@ from hetdiff.experts.build import velocity_from_spec
 from hetdiff.experts.convert import convert_to_flow, flow_finetune_loss
 from hetdiff.experts.spec import ExpertSpec
 from hetdiff.experts.store import load_expert_state, read_spec
-from hetdiff.experts.train import ExpertSettings, build_expert_net, build_expert_spec, train_expert
+from hetdiff.experts.train import (
+    ExpertSettings,
+    build_expert_net,
+    build_expert_spec,
+    train_config_for,
+    train_expert,
+)
 from hetdiff.io import default_cache_dir
 from hetdiff.metrics.fid import (
     frechet_distance,
@@ -47,7 +54,7 @@ from hetdiff.metrics.fid import (
 )
 from hetdiff.models.dit import DiT, DiTConfig
 from hetdiff.sampling.generate import generate
-from hetdiff.training.loop import TrainConfig, train
+from hetdiff.training.loop import train
 
 
 def train_arm(
@@ -74,17 +81,7 @@ def train_arm(
         shutil.rmtree(out)
     snapshots: dict[int, dict[str, Tensor]] = {}
     every = math.gcd(*eval_steps)
-    config = TrainConfig(
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
-        ema_decay=settings.ema_decay,
-        checkpoint_every=every,
-        log_every=10,
-        seed=settings.seed,
-        progress=False,
-    )
+    config = dataclasses.replace(train_config_for(settings, len(dataset)), checkpoint_every=every)
 
     def keep(ema_state: dict[str, Tensor], step: int) -> None:
         if step in eval_steps:

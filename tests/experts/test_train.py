@@ -11,10 +11,12 @@ import torch
 from hetdiff.data.datasets import load_dataset
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.experts.store import load_expert_model
-from hetdiff.experts.train import ExpertSettings, build_expert_net, train_expert
-from hetdiff.objectives.losses import ObjectiveConfig, make_loss_fn
-from hetdiff.objectives.schedules import make_schedule
-from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
+from hetdiff.experts.train import (
+    ExpertSettings,
+    build_expert_net,
+    expert_loss_fn,
+    train_expert,
+)
 from hetdiff.sampling.generate import generate
 
 STEPS = 250
@@ -35,15 +37,9 @@ def image_statistics_distance(a: torch.Tensor, b: torch.Tensor, bins: int = 16) 
 
 
 def held_out_loss(net, settings: ExpertSettings, images: torch.Tensor) -> float:
-    """The objective's mean loss over ``images`` with fixed noise and times (seed 123)."""
-    schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
-    config = ObjectiveConfig(
-        objective=settings.objective,
-        prediction=settings.resolved_prediction,
-        time_sampling=settings.time_sampling,
-        label_dropout=0.0,
-    )
-    loss_fn = make_loss_fn(config, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
+    """The expert's training loss, unconditional, mean over ``images`` with fixed noise and
+    times (seed 123)."""
+    loss_fn = expert_loss_fn(settings)
     generator = torch.Generator().manual_seed(123)
     net.eval()
     with torch.no_grad():

@@ -139,6 +139,20 @@ def build_expert_net(
     return net, {"arch": "dit", "name": settings.model, **config.to_dict()}
 
 
+def expert_loss_fn(settings: ExpertSettings) -> Any:
+    """The training loop's ``loss_fn(net, x0, labels, generator) -> (B,)`` for ``settings``'
+    objective (DDPM on its schedule, or flow matching on a native flow net's velocity)."""
+    schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
+    objective = ObjectiveConfig(
+        objective=settings.objective,
+        prediction=settings.resolved_prediction,
+        time_sampling=settings.time_sampling,
+        label_dropout=settings.label_dropout,
+        learned_variance=settings.learned_variance,
+    )
+    return make_loss_fn(objective, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
+
+
 def train_expert(
     dataset: Any,
     settings: ExpertSettings,
@@ -179,15 +193,7 @@ def train_expert(
     net, model_dict = build_expert_net(settings, dataset, None if bank is None else bank.dim)
     if init_state is not None:
         net.load_state_dict(init_state, strict=True)
-    schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
-    objective = ObjectiveConfig(
-        objective=settings.objective,
-        prediction=settings.resolved_prediction,
-        time_sampling=settings.time_sampling,
-        label_dropout=settings.label_dropout,
-        learned_variance=settings.learned_variance,
-    )
-    loss_fn = make_loss_fn(objective, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
+    loss_fn = expert_loss_fn(settings)
     if bank is not None:
         from hetdiff.models.text import CaptionConditioned
 
