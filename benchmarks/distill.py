@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hetdiff.config import ClusterConfig, RunConfig, load_config
+from hetdiff.config import ClusterSettings, RunConfig, load_config
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.experts.store import read_spec
 from hetdiff.io import atomic_write_json, default_cache_dir
@@ -40,9 +40,10 @@ from hetdiff.metrics.fid import (
     reference_features,
 )
 from hetdiff.pipeline import Run
+from hetdiff.pipeline.distill import distill_command
 from hetdiff.sampling.ensemble import load_ensemble
 from hetdiff.sampling.generate import generate
-from hetdiff.training.distill import DistillSettings, distill
+from hetdiff.training.distill import DistillSettings
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:
@@ -86,7 +87,7 @@ def main() -> None:
     experts = tuple(dataclasses.replace(e, steps=args.expert_steps) for e in base.experts)
     config = dataclasses.replace(
         base,
-        cluster=ClusterConfig(k=len(experts), features=args.features),
+        cluster=ClusterSettings(k=len(experts), features=args.features),
         experts=experts,
         router=dataclasses.replace(base.router, steps=args.router_steps),
         seed=args.seed,
@@ -109,7 +110,7 @@ def main() -> None:
         )  # fmt: skip
         t0 = time.time()
         resume = (student_dir / "train_state").is_dir()  # an interrupted run continues
-        distill(run.experts_dir, router, student_dir, settings, resume=resume)
+        distill_command(run.experts_dir, router, student_dir, settings, resume=resume)
         distill_seconds = time.time() - t0
         print(f"[student] {args.steps} distillation steps in {distill_seconds:.0f} s", flush=True)
 

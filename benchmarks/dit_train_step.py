@@ -51,7 +51,7 @@ import time
 import torch
 from torch import nn
 
-from hetdiff.models.conditioning import Conditioning
+from hetdiff.conditioning import Conditioning
 from hetdiff.models.dit import DiT, DiTConfig
 
 IN_CHANNELS = 4  # latent-like input, as PixArt

@@ -27,9 +27,8 @@ from typing import Any
 
 import torch
 
-from hetdiff.config import load_config
+from hetdiff.config import ExpertSettings, load_config
 from hetdiff.experts.build import load_velocity_model
-from hetdiff.experts.train import ExpertSettings, train_expert
 from hetdiff.io import default_cache_dir
 from hetdiff.metrics.diversity import image_features, intra_class_diversity
 from hetdiff.metrics.fid import (
@@ -42,6 +41,7 @@ from hetdiff.metrics.flops import forward_flops, solver_nfe
 from hetdiff.pipeline import Run
 from hetdiff.report.svg import bar_chart
 from hetdiff.sampling.generate import draw_conditions, generate
+from hetdiff.training.expert import train_expert
 
 FLOW = {"objective": "flow"}
 DDPM_LINEAR = {"objective": "ddpm", "prediction": "eps", "schedule": "linear"}

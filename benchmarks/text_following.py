@@ -39,16 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hetdiff.config import ExpertSettings
 from hetdiff.data.captions import class_captions, dataset_captions
 from hetdiff.data.datasets import load_dataset
 from hetdiff.experts.build import velocity_from_spec
 from hetdiff.experts.store import load_expert_model, read_spec
-from hetdiff.experts.train import ExpertSettings, train_expert
 from hetdiff.metrics.diversity import mean_pairwise_distance
 from hetdiff.models.router import Router, RouterConfig
 from hetdiff.models.text import CaptionBank, caption_bank, encode_prompts, load_text_encoder
+from hetdiff.objectives.kinds import DDPM, FLOW, uses_schedule
 from hetdiff.sampling.ensemble import Ensemble
 from hetdiff.sampling.generate import generate
+from hetdiff.training.expert import train_expert
 from hetdiff.training.loop import TrainConfig, train
 
 
@@ -108,25 +110,18 @@ def train_text_router(
     out_dir: Path,
     dropout: float = 0.1,
 ) -> Router:
-    """Router on pooled caption embeddings; the label column packs (caption id + 1) * K + k."""
-    from hetdiff.models.conditioning import drop_labels
-    from hetdiff.models.router import flow_path_batch
+    """Router on pooled caption embeddings; the loop carries (cluster ids, caption ids)."""
+    from hetdiff.training.router import router_loss_fn
 
     K = int(clusters.max()) + 1
     router = Router(
         RouterConfig(K, images.shape[-1], images.shape[1], context_dim=bank.context.shape[-1])
     )
-
-    def loss_fn(model, x0, codes, generator):
-        cluster, caption = codes % K, codes // K - 1
-        x_t, t = flow_path_batch(x0, generator)
-        cond = bank.conditioning(drop_labels(caption, dropout, generator))
-        return F.cross_entropy(model(x_t, t, cond).float(), cluster, reduction="none")
-
-    codes = (caption_ids + 1) * K + clusters
+    loss_fn = router_loss_fn(label_dropout=dropout, bank=bank)
     config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup_steps=20, progress=False)
     resume = (out_dir / "train_state").is_dir()  # an earlier run with --out: continue or reuse
-    result = train(router, images, codes, loss_fn, config, out_dir, resume=resume)
+    targets = (clusters, caption_ids)
+    result = train(router, images, targets, loss_fn, config, out_dir, resume=resume)
     router.load_state_dict(result.ema_state)
     return router.eval()
 
@@ -169,13 +164,13 @@ def main() -> None:
     ddpm_name = "ddpm0"  # the default DDPM expert (eps, linear); others get their own folder
     if (args.ddpm_prediction, args.ddpm_schedule) != ("eps", "linear"):
         ddpm_name = f"ddpm-{args.ddpm_prediction}-{args.ddpm_schedule}0"
-    plan = [(ddpm_name, "ddpm", 0), ("flow0", "flow", 0), ("flow1", "flow", 1)]
+    plan = [(ddpm_name, DDPM, 0), ("flow0", FLOW, 0), ("flow1", FLOW, 1)]
     for name, objective, cluster in plan:
         ids = data.ids[clusters == cluster]
         settings = ExpertSettings(
             objective=objective,
-            prediction=args.ddpm_prediction if objective == "ddpm" else None,
-            schedule=args.ddpm_schedule,
+            prediction=args.ddpm_prediction if uses_schedule(objective) else None,
+            schedule=args.ddpm_schedule if uses_schedule(objective) else None,
             model=args.model,
             text_encoder=args.text_encoder,
             steps=args.expert_steps,

@@ -33,18 +33,12 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from hetdiff.config import ExpertSettings
 from hetdiff.data.datasets import load_dataset
-from hetdiff.experts.build import velocity_from_spec
-from hetdiff.experts.convert import convert_to_flow, flow_finetune_loss
+from hetdiff.experts.build import build_expert_spec, velocity_from_spec
+from hetdiff.experts.convert import convert_to_flow
 from hetdiff.experts.spec import ExpertSpec
 from hetdiff.experts.store import load_expert_state, read_spec
-from hetdiff.experts.train import (
-    ExpertSettings,
-    build_expert_net,
-    build_expert_spec,
-    train_config_for,
-    train_expert,
-)
 from hetdiff.io import default_cache_dir
 from hetdiff.metrics.fid import (
     frechet_distance,
@@ -54,6 +48,8 @@ from hetdiff.metrics.fid import (
 )
 from hetdiff.models.dit import DiT, DiTConfig
 from hetdiff.sampling.generate import generate
+from hetdiff.training.expert import build_expert_net, train_config_for, train_expert
+from hetdiff.training.finetune import flow_finetune_loss
 from hetdiff.training.loop import train
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``; and
+bytes to and from local paths or fsspec URLs (``s3://``, ``gs://``, ``file://``, ...).
 
 A reader never sees a half-written artifact: either the old file or the complete new one.
 """
@@ -12,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from hetdiff.errors import HetdiffError
 
 
 def default_cache_dir() -> Path:
@@ -58,3 +61,38 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sibling_url(path_or_url: str, name: str) -> str:
+    """``name`` in the same folder as ``path_or_url`` (URL or local path)."""
+    head = str(path_or_url).rsplit("/", 1)
+    return f"{head[0]}/{name}" if len(head) == 2 else name
+
+
+def write_url_bytes(path_or_url: str, data: bytes) -> None:
+    """Write bytes to a local path (atomically) or an fsspec URL."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = fsspec.core.url_to_fs(path_or_url)
+    if isinstance(fs, LocalFileSystem):
+        atomic_write_bytes(path, data)
+        return
+    parent = os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def read_url_bytes(path_or_url: str, what: str, hint: str = "") -> bytes:
+    """The bytes at a local path or fsspec URL; one-line errors naming ``what`` (e.g.
+    "partition file") and, for a missing file, ``hint`` (how to create it)."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(path_or_url)
+        return fs.cat_file(path)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise HetdiffError(f"{what} {path_or_url} not found{'; ' + hint if hint else ''}") from err
+    except (OSError, ValueError, ImportError) as err:
+        raise HetdiffError(f"cannot read {what} {path_or_url}: {err}".splitlines()[0]) from err

@@ -8,10 +8,11 @@ import json
 import pytest
 
 from hetdiff.cli import main
+from hetdiff.config import ExpertSettings
 from hetdiff.data.datasets import load_dataset
 from hetdiff.data.partition import random_partition
-from hetdiff.experts.train import ExpertSettings, train_expert
-from hetdiff.models.router import read_router_spec
+from hetdiff.experts.router_store import read_router_spec
+from hetdiff.training.expert import train_expert
 
 FAST = dict(steps=4, batch_size=8, checkpoint_every=4, progress=False, mixed_precision="no")
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from hetdiff.data.datasets import load_dataset
-from hetdiff.data.latents import encode_dataset
 from hetdiff.errors import HetdiffError
 from hetdiff.models.autoencoder import (
     IdentityAutoencoder,
     check_same_latent_space,
     load_autoencoder,
 )
+from hetdiff.training.latents import encode_dataset
 
 
 def test_identity_autoencoder_is_pixel_space() -> None:
@@ -89,10 +89,11 @@ def test_latents_are_encoded_once_and_cached(tiny_vae_dir: Path, tmp_path: Path,
 
 
 def test_latent_expert_round_trips_and_samples_through_decode(tiny_vae_dir: Path, tmp_path: Path):
+    from hetdiff.config import ExpertSettings
     from hetdiff.experts.build import velocity_from_spec
     from hetdiff.experts.store import load_expert_model
-    from hetdiff.experts.train import ExpertSettings, train_expert
     from hetdiff.sampling.generate import generate
+    from hetdiff.training.expert import train_expert
 
     ae = load_autoencoder(str(tiny_vae_dir))
     data = load_dataset("digits")

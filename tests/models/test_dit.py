@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from hetdiff.conditioning import Conditioning
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import Conditioning
 from hetdiff.models.dit import DIT_CONFIGS, DiT, DiTConfig, build_dit, dit_config
 from hetdiff.models.embeddings import timestep_embedding
 

@@ -4,7 +4,6 @@ from torch import nn
 
 from hetdiff.errors import HetdiffError
 from hetdiff.objectives.losses import (
-    ObjectiveConfig,
     ddpm_loss,
     flow_loss,
     make_loss_fn,
@@ -96,7 +95,7 @@ def test_make_loss_fn_drops_labels_with_the_generator(mixture):
             seen.append(cond)
             return torch.zeros_like(x)
 
-    loss_fn = make_loss_fn(ObjectiveConfig("flow", label_dropout=0.5))
+    loss_fn = make_loss_fn("flow", label_dropout=0.5)
     x0, _ = mixture.sample(2000, torch.Generator().manual_seed(0))
     labels = torch.zeros(2000, dtype=torch.long)
     loss_fn(Probe(), x0, labels, torch.Generator().manual_seed(0))
@@ -104,6 +103,6 @@ def test_make_loss_fn_drops_labels_with_the_generator(mixture):
     dropped = (getattr(cond, "class_labels", cond) == -1).float().mean().item()
     assert 0.45 < dropped < 0.55
     with pytest.raises(HetdiffError, match="needs a schedule"):
-        make_loss_fn(ObjectiveConfig("ddpm", "eps"))
+        make_loss_fn("ddpm", "eps")
     with pytest.raises(HetdiffError, match="unknown time sampling 'beta'"):
         sample_flow_times(3, torch.Generator(), "cpu", "beta")

@@ -7,7 +7,6 @@ import torch
 from hetdiff.errors import HetdiffError
 from hetdiff.objectives.schedules import (
     DiscreteSchedule,
-    FlowPath,
     ScheduleSpec,
     make_schedule,
 )
@@ -96,14 +95,6 @@ def test_table_schedule_and_spec_round_trip():
     assert torch.equal(rebuilt.alphas_cumprod, schedule.alphas_cumprod)
     spec = make_schedule(ScheduleSpec("scaled_linear", 500)).spec
     assert make_schedule(spec.to_dict()).alphas_cumprod.shape == (500,)
-
-
-def test_flow_path():
-    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
-    x0, eps = torch.ones(3, 2), torch.full((3, 2), 3.0)
-    xt = FlowPath.interpolate(x0.double(), eps.double(), t)
-    assert torch.allclose(xt[:, 0], torch.tensor([1.0, 1.5, 3.0], dtype=torch.float64))
-    assert FlowPath.log_snr(torch.tensor(0.5)) == 0
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from scipy.stats import chisquare
 from torch import Tensor, nn
 
 from helpers import rel_err
+from hetdiff.conditioning import Conditioning
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import Conditioning
 from hetdiff.objectives.gaussian_mixture import GaussianMixture
 from hetdiff.objectives.schedules import make_schedule
 from hetdiff.objectives.velocity import DDPMVelocity, FlowVelocity, VelocityModel
@@ -324,7 +324,8 @@ def write_expert(directory, name, cluster, *, k=2, res=8, channels=1, classes=0,
 
 def write_router(path, *, k=2, res=8, channels=1, classes=0, partition="p1", text_encoder=None,
                  context_dim=32):  # fmt: skip
-    from hetdiff.models.router import Router, RouterConfig, RouterSpec, save_router
+    from hetdiff.experts.router_store import RouterSpec, save_router
+    from hetdiff.models.router import Router, RouterConfig
 
     context = None if text_encoder is None else context_dim
     config = RouterConfig(k, res, channels, num_classes=classes, context_dim=context)
@@ -346,7 +347,7 @@ def registry(tmp_path):
 
 def test_load_ensemble_builds_the_velocity_from_checkpoints(registry):
     from hetdiff.experts.build import load_velocity_model
-    from hetdiff.models.router import load_router
+    from hetdiff.experts.router_store import load_router
     from hetdiff.sampling.ensemble import load_ensemble
 
     experts_dir, router_path = registry

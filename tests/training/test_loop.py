@@ -18,6 +18,7 @@ from hetdiff.training.loop import (
     train,
     warmup_factor,
 )
+from hetdiff.training.resume import data_fingerprint
 
 
 def _states_equal(root_a, root_b) -> None:
@@ -208,3 +209,51 @@ def test_bad_inputs_and_config_are_one_line_errors(toy, tmp_path):
         train(toy.make_model(), images, labels, lambda *a: toy.flow_loss(*a).mean(),
               toy.base_config(), tmp_path / "c")  # fmt: skip
     assert resolve_mixed_precision("auto", torch.device("cpu")) == "no"
+
+
+def test_tuple_of_target_columns_reaches_the_loss_row_aligned(toy, tmp_path):
+    images, labels = toy.toy_data()
+    row_ids = torch.arange(len(labels)) * 10  # a second column that names each row
+    seen = []
+
+    def loss_fn(model, x0, targets, generator):
+        seen.append((x0, targets))
+        return toy.flow_loss(model, x0, None, generator)
+
+    config = toy.base_config(steps=4, grad_accum=2)
+    train(toy.make_model(), images, (labels, row_ids), loss_fn, config, tmp_path)
+    assert len(seen) == 8  # 4 steps x 2 micro-steps
+    for x0, targets in seen:
+        assert isinstance(targets, tuple) and len(targets) == 2
+        first, second = targets
+        assert first.shape == second.shape == (8,) and first.dtype == second.dtype == torch.int64
+        rows = second // 10
+        assert torch.equal(first, labels[rows]) and torch.equal(x0, images[rows])
+
+
+def test_fingerprint_covers_every_column_and_keeps_the_single_column_value(toy, tmp_path):
+    images, labels = toy.toy_data()
+    # The values states written before multi-column targets recorded: they must still resume.
+    assert data_fingerprint(images, labels) == "ccfdf442cd803e75"
+    assert data_fingerprint(images, None) == "4568fbd870206f00"
+    assert data_fingerprint(images, (labels,)) == data_fingerprint(images, labels)
+    second = torch.arange(len(labels))
+    assert data_fingerprint(images, (labels, second)) != data_fingerprint(images, labels)
+    assert data_fingerprint(images, (labels, second)) != data_fingerprint(images, (second, labels))
+
+    train(toy.make_model(), images, (labels, second), toy.flow_loss, toy.base_config(steps=4),
+          tmp_path)  # fmt: skip
+    changed = second.clone()
+    changed[0] = 99
+    with pytest.raises(HetdiffError, match="training data differs") as err:
+        train(toy.make_model(), images, (labels, changed), toy.flow_loss,
+              toy.base_config(steps=8), tmp_path, resume=True)  # fmt: skip
+    assert "\n" not in str(err.value)
+    resumed = train(toy.make_model(), images, (labels, second), toy.flow_loss,
+                    toy.base_config(steps=8), tmp_path, resume=True)  # fmt: skip
+    assert resumed.steps == 8
+    with pytest.raises(HetdiffError, match=r"target column 1 must be int64 of shape \(40,\)"):
+        train(toy.make_model(), images, (labels, second.float()), toy.flow_loss,
+              toy.base_config(), tmp_path / "bad")  # fmt: skip
+    with pytest.raises(HetdiffError, match="at least one column"):
+        train(toy.make_model(), images, (), toy.flow_loss, toy.base_config(), tmp_path / "none")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from hetdiff.models.dit import DIT_CONFIGS
+from hetdiff.objectives.kinds import NAMED_SCHEDULES
+from hetdiff.pipeline.convert import REFERENCE_T, TARGETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,53 +18,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "facebookresearch/DiT state dict (.pt or .safetensors) as a hetdiff DDPM expert.",
     )
     p.add_argument("--from", dest="source", required=True, help="source checkpoint (local file)")
-    p.add_argument("--to", choices=["flow", "expert"], required=True, help="what to make")
+    p.add_argument("--to", choices=TARGETS, required=True, help="what to make")
     p.add_argument("--out", required=True, help="output folder (or a .safetensors path)")
     p.add_argument(
         "--rehead", action="store_true", help="--to flow: re-initialize the output as a velocity"
     )
-    p.add_argument("--model", default=None, help="--to expert: the named DiT config it must be")
+    p.add_argument(
+        "--model", choices=DIT_CONFIGS, default=None, help="--to expert: the named DiT config"
+    )
     p.add_argument("--num-heads", type=int, default=None, help="--to expert: attention heads")
     p.add_argument(
         "--modulation",
-        choices=["adaln-zero", "adaln-single"],
+        choices=("adaln-zero", "adaln-single"),
         default="adaln-zero",
         help="--to expert: keep DiT's adaLN-Zero (exact) or map onto AdaLN-Single (PixArt)",
     )
-    p.add_argument("--schedule", default="linear", help="--to expert: its DDPM schedule")
     p.add_argument(
-        "--t-ref", type=float, default=500.0, help="--to expert, adaln-single: reference step"
+        "--schedule", choices=NAMED_SCHEDULES, default="linear", help="--to expert: its schedule"
+    )
+    p.add_argument(
+        "--t-ref", type=float, default=REFERENCE_T, help="--to expert, adaln-single: reference step"
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hetdiff.errors import HetdiffError
-    from hetdiff.experts.convert import checkpoint_path, convert_to_flow
+    from hetdiff.pipeline.convert import convert_command
 
-    if args.to == "flow":
-        for flag, value in (("--model", args.model), ("--num-heads", args.num_heads)):
-            if value is not None:
-                raise HetdiffError(f"{flag} applies to --to expert only; drop it")
-        path = convert_to_flow(args.source, args.out, rehead=args.rehead)
-    else:
-        from hetdiff.models.dit_import import import_dit_expert
-
-        if args.rehead:
-            raise HetdiffError("--rehead applies to --to flow; import first, then convert")
-        path = import_dit_expert(
-            args.source,
-            checkpoint_path(args.out),
-            model=args.model,
-            num_heads=args.num_heads,
-            modulation=args.modulation,
-            schedule=args.schedule,
-            t_ref=args.t_ref,
-        )
-    from hetdiff.experts.store import read_spec
-
-    spec = read_spec(path)
-    print(
-        f"wrote {path} ({spec.objective}, {spec.prediction}; provenance: {sorted(spec.provenance)})"
+    convert_command(
+        args.source,
+        args.to,
+        args.out,
+        rehead=args.rehead,
+        model=args.model,
+        num_heads=args.num_heads,
+        modulation=args.modulation,
+        schedule=args.schedule,
+        t_ref=args.t_ref,
     )
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from hetdiff.config import MIXED_PRECISION, STRATEGIES, TIME_SAMPLINGS
+from hetdiff.models.dit import DIT_CONFIGS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,18 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--experts", required=True, help="folder of expert checkpoints (the registry)")
     p.add_argument("--router", required=True, help="router checkpoint or its folder")
-    p.add_argument("--model", default=d.model, help="named DiT config of the student")
+    p.add_argument(
+        "--model", choices=DIT_CONFIGS, default=d.model, help="named DiT config of the student"
+    )
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--out", required=True, help="output folder of the student")
     p.add_argument(
-        "--strategy", default=d.strategy, help="teacher routing: full | top-k | top1 | sample"
+        "--strategy", choices=STRATEGIES, default=d.strategy, help="teacher routing strategy"
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--time-sampling", default=d.time_sampling, help="uniform | logit_normal")
+    p.add_argument("--time-sampling", choices=TIME_SAMPLINGS, default=d.time_sampling)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mixed-precision", default=d.mixed_precision, help="no | bf16 | fp16 | auto")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision)
     p.add_argument(
         "--partition", default=None, help="partition manifest: train on the clusters present"
     )
@@ -42,14 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from hetdiff.pipeline.distill import distill_command
+    from hetdiff.training.distill import DistillSettings
 
-    from hetdiff.errors import HetdiffError
-    from hetdiff.io import atomic_write_json
-    from hetdiff.training.distill import DistillSettings, distill
-
-    if args.steps < 1:
-        raise HetdiffError(f"--steps must be >= 1, got {args.steps}")
     settings = DistillSettings(
         model=args.model,
         strategy=args.strategy,
@@ -62,16 +61,7 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         progress=not args.no_progress,
     )
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    resolved = {
-        "settings": settings.__dict__,
-        "experts": args.experts,
-        "router": args.router,
-        "partition": args.partition,
-    }
-    print(json.dumps(resolved, default=str))
-    atomic_write_json(Path(args.out) / "distill_config.json", resolved)
-    path = distill(
+    distill_command(
         args.experts,
         args.router,
         args.out,
@@ -80,5 +70,4 @@ def run(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         resume=args.resume,
     )
-    print(f"wrote {path}")
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from hetdiff.experts.train import ExpertSettings, train_expert
+from hetdiff.config import MIXED_PRECISION, ExpertSettings, RunConfig
+from hetdiff.models.dit import DIT_CONFIGS
+from hetdiff.objectives.kinds import ALL_PREDICTIONS, NAMED_SCHEDULES, OBJECTIVES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,30 +16,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train one expert on its own data shard; writes OUT/expert.safetensors.",
     )
     d = ExpertSettings()
-    p.add_argument(
-        "--data", default="mnist5k+animal-mnist", help="dataset spec (default: %(default)s)"
-    )
+    p.add_argument("--data", default=RunConfig().data, help="dataset spec (default: %(default)s)")
     p.add_argument("--resolution", type=int, default=None, help="image side (default: native)")
-    p.add_argument("--objective", choices=["ddpm", "flow"], default=d.objective)
+    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
     p.add_argument(
         "--prediction",
-        choices=["eps", "x0", "v", "velocity"],
+        choices=ALL_PREDICTIONS,
         default=None,
         help="ddpm: eps | x0 | v (default eps); flow: velocity",
     )
     p.add_argument(
-        "--schedule", default=d.schedule, help="ddpm schedule: linear | cosine | scaled_linear"
+        "--schedule", choices=NAMED_SCHEDULES, default=None, help="ddpm schedule (default linear)"
     )
     p.add_argument(
         "--learned-variance", action="store_true", help="ddpm: add variance output channels"
     )
-    p.add_argument("--model", default=None, help=f"named DiT config (default: {d.model})")
+    p.add_argument(
+        "--model", choices=DIT_CONFIGS, default=None, help=f"named DiT config (default: {d.model})"
+    )
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mixed-precision", default=d.mixed_precision, help="no | bf16 | fp16 | auto")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision)
     p.add_argument("--unconditional", action="store_true", help="ignore class labels")
     p.add_argument(
         "--text-encoder",
@@ -64,11 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hetdiff.data.datasets import load_dataset
-    from hetdiff.errors import HetdiffError
+    from hetdiff.training.jobs import ExpertJob, run_expert_job
 
-    if (args.partition is None) != (args.cluster is None):
-        raise HetdiffError("--partition and --cluster go together: give both or neither")
     settings = ExpertSettings(
         objective=args.objective,
         prediction=args.prediction,
@@ -85,53 +82,17 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         progress=not args.no_progress,
     )
-    autoencoder = None
-    if args.autoencoder is not None:
-        from hetdiff.data.latents import encode_dataset
-        from hetdiff.models.autoencoder import load_autoencoder
-
-        autoencoder = load_autoencoder(args.autoencoder)
-        pixels = load_dataset(
-            args.data, resolution=args.resolution, channels=autoencoder.in_channels
-        )
-        dataset = encode_dataset(pixels, autoencoder)
-    else:
-        dataset = load_dataset(args.data, resolution=args.resolution)
-    cluster_info: dict = {}
-    if args.partition is not None:
-        from hetdiff.data.partition import Partition
-
-        partition = Partition.load(args.partition)
-        partition.check_dataset(dataset)
-        dataset = dataset.subset(partition.ids_of(args.cluster))
-        cluster_info = dict(
-            cluster_id=args.cluster,
-            num_clusters=partition.k,
-            partition_fingerprint=partition.fingerprint,
-        )
-    print(
-        f"training {settings.objective} expert ({settings.resolved_prediction}) on "
-        f"{len(dataset)} images of {args.data} at {dataset.resolution}px -> {args.out}"
-    )
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    resolved = {"settings": settings.__dict__, "data": args.data, **cluster_info}
-    print(json.dumps(resolved, default=str))
-    if args.init is not None:
-        from hetdiff.experts.convert import finetune_expert
-
-        path = finetune_expert(
-            args.init, dataset, settings, args.out, resume=args.resume, model=args.model,
-            **cluster_info,
-        )  # fmt: skip
-        print(f"wrote {path}")
-        return 0
-    path = train_expert(
-        dataset,
-        settings,
-        args.out,
+    job = ExpertJob(
+        data=args.data,
+        out=args.out,
+        settings=settings,
+        resolution=args.resolution,
+        partition=args.partition,
+        cluster=args.cluster,
         resume=args.resume,
-        autoencoder=None if autoencoder is None else autoencoder.to_dict(),
-        **cluster_info,
+        init=args.init,
+        init_model=args.model if args.init is not None else None,
+        autoencoder=args.autoencoder,
     )
-    print(f"wrote {path}")
+    run_expert_job(job)
     return 0

@@ -1,11 +1,23 @@
-"""hetdiff train-router: train the router r(k | x_t, t, cond) on a partition's clusters."""
+"""hetdiff train-router: train the router r(k | x_t, t, cond) on a partition's clusters.
+
+    hetdiff train-router --partition partition.json --out DIR [--text-encoder hash]
+
+Writes DIR/router.safetensors and prints its accuracy per t-bucket. Defaults come from
+``hetdiff.config.RouterSettings`` (the policy ``hetdiff run`` uses too); the work is
+``hetdiff.pipeline.router.train_router_command``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from hetdiff.config import RouterSettings
+
+DEFAULTS = RouterSettings()
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train-router`` subcommand."""
     p = subparsers.add_parser(
         "train-router",
         help="train the router that weighs the experts",
@@ -16,10 +28,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resolution", type=int, default=None, help="image side (default: native)")
     p.add_argument("--partition", required=True, help="partition manifest from `hetdiff cluster`")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--hidden", type=int, default=32, help="conv width (multiple of 8)")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="conv width (multiple of 8)")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=DEFAULTS.warmup_steps,
+        help="linear lr warm-up, capped at --steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULTS.checkpoint_every,
+        help="steps between checkpoints (default: steps // 2)",
+    )
+    p.add_argument(
+        "--label-dropout",
+        type=float,
+        default=DEFAULTS.label_dropout,
+        help="P(condition -> null) in training (default: %(default)s)",
+    )
     p.add_argument("--unconditional", action="store_true", help="ignore class labels")
     p.add_argument(
         "--text-encoder",
@@ -27,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="condition on each image's caption embedded by hash | minilm | a transformers "
         "folder (the experts' --text-encoder); replaces class labels",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument("--no-progress", action="store_true")
@@ -35,63 +65,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hetdiff.data.datasets import load_dataset
-    from hetdiff.data.partition import Partition
-    from hetdiff.errors import HetdiffError
-    from hetdiff.models.router import RouterConfig, router_accuracy_by_t, train_router
-    from hetdiff.training.loop import TrainConfig
+    from hetdiff.pipeline.router import train_router_command
 
-    if args.steps < 1:
-        raise HetdiffError(f"--steps must be >= 1, got {args.steps}")
-    if args.text_encoder is not None and args.unconditional:
-        raise HetdiffError("--text-encoder and --unconditional exclude each other; give one")
-    dataset = load_dataset(args.data, resolution=args.resolution)
-    partition = Partition.load(args.partition)
-    context_dim = None
-    if args.text_encoder is not None:
-        from hetdiff.models.text import load_text_encoder
-
-        context_dim = load_text_encoder(args.text_encoder).dim
-    conditional = not args.unconditional and context_dim is None
-    config = RouterConfig(
-        partition.k,
-        dataset.resolution,
-        dataset.channels,
-        hidden=args.hidden,
-        num_classes=dataset.num_classes if conditional else 0,
-        context_dim=context_dim,
-    )
-    train_config = TrainConfig(
+    settings = RouterSettings(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
-        warmup_steps=min(100, args.steps),
-        checkpoint_every=max(1, min(500, args.steps)),
+        hidden=args.hidden,
+        warmup_steps=args.warmup_steps,
+        checkpoint_every=args.checkpoint_every,
+        label_dropout=args.label_dropout,
         seed=args.seed,
         progress=not args.no_progress,
     )
-    path = train_router(
-        dataset,
-        partition,
-        args.steps,
+    train_router_command(
+        args.data,
+        args.resolution,
+        args.partition,
         args.out,
-        config,
-        train_config,
+        settings,
+        class_conditional=not args.unconditional,
+        text_encoder=args.text_encoder,
         resume=args.resume,
-        text_encoder=args.text_encoder,
     )
-    print(f"wrote {path}")
-    from hetdiff.models.router import load_router
-
-    router, _ = load_router(path)
-    print("router accuracy per t bucket (prior = always the largest cluster):")
-    table = router_accuracy_by_t(
-        router, dataset, partition, buckets=10, n=1000, seed=args.seed,
-        text_encoder=args.text_encoder,
-    )  # fmt: skip
-    for row in table:
-        print(
-            f"  t in [{row.t_lo:.1f}, {row.t_hi:.1f}]: accuracy {row.accuracy:.3f} "
-            f"(prior {row.prior_accuracy:.3f}), entropy {row.entropy:.3f}"
-        )
     return 0

@@ -23,9 +23,7 @@ from functools import cached_property
 from typing import Any
 
 import faiss
-import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 from torch import Tensor
 
 from hetdiff import __version__
@@ -41,7 +39,7 @@ from hetdiff.data.features import (
     get_encoder,
 )
 from hetdiff.errors import HetdiffError
-from hetdiff.io import atomic_write_bytes, default_cache_dir
+from hetdiff.io import default_cache_dir, read_url_bytes, sibling_url, write_url_bytes
 
 FORMAT = "hetdiff-partition/1"
 INLINE_MAX_ELEMENTS = 100_000
@@ -53,6 +51,7 @@ _ARRAY_DTYPES = {
     "ids": np.int64,
     "clusters": np.int64,
 }
+_CREATE_HINT = "create it with `hetdiff cluster --out {}`"
 _SCALAR_FIELDS = ("data_spec", "data_fingerprint", "encoder", "k", "fine", "seed", "balanced")
 
 
@@ -174,16 +173,16 @@ class Partition:
             np.savez(buffer, **arrays)
             data = buffer.getvalue()
             sidecar = sidecar_name(path_or_url)
-            _write_bytes(_sibling(path_or_url, sidecar), data)
+            write_url_bytes(sibling_url(path_or_url, sidecar), data)
             manifest["arrays_file"] = sidecar
             manifest["arrays_sha256"] = hashlib.sha256(data).hexdigest()
-        _write_bytes(path_or_url, _manifest_text(manifest).encode())
+        write_url_bytes(path_or_url, _manifest_text(manifest).encode())
 
     @classmethod
     def load(cls, path_or_url: str) -> Partition:
         """Read a manifest written by :meth:`save`; one-line error if missing or corrupt."""
         path_or_url = str(path_or_url)
-        raw = _read_bytes(path_or_url, what="partition file")
+        raw = read_url_bytes(path_or_url, "partition file", _CREATE_HINT.format(path_or_url))
         try:
             manifest = json.loads(raw)
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -196,8 +195,10 @@ class Partition:
                     for name, spec in manifest["arrays"].items()
                 }
             else:
-                sidecar = _sibling(path_or_url, manifest["arrays_file"])
-                data = _read_bytes(sidecar, what="partition arrays file")
+                sidecar = sibling_url(path_or_url, manifest["arrays_file"])
+                data = read_url_bytes(
+                    sidecar, "partition arrays file", _CREATE_HINT.format(path_or_url)
+                )
                 if hashlib.sha256(data).hexdigest() != manifest["arrays_sha256"]:
                     raise ValueError(f"arrays file {sidecar} does not match its checksum")
                 with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -376,33 +377,3 @@ def sidecar_name(path_or_url: str) -> str:
     name = posixpath.basename(str(path_or_url).rstrip("/"))
     stem = name[: -len(".json")] if name.endswith(".json") else name
     return f"{stem}.arrays.npz"
-
-
-def _sibling(path_or_url: str, name: str) -> str:
-    """``name`` in the same folder as ``path_or_url`` (URL or local path)."""
-    head = str(path_or_url).rsplit("/", 1)
-    return f"{head[0]}/{name}" if len(head) == 2 else name
-
-
-def _write_bytes(path_or_url: str, data: bytes) -> None:
-    """Write bytes to a local path (atomically) or an fsspec URL."""
-    fs, path = fsspec.core.url_to_fs(path_or_url)
-    if isinstance(fs, LocalFileSystem):
-        atomic_write_bytes(path, data)
-        return
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, data)
-
-
-def _read_bytes(path_or_url: str, *, what: str) -> bytes:
-    try:
-        fs, path = fsspec.core.url_to_fs(path_or_url)
-        return fs.cat_file(path)
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise HetdiffError(
-            f"{what} {path_or_url} not found; create it with `hetdiff cluster --out {path_or_url}`"
-        ) from err
-    except (OSError, ValueError, ImportError) as err:
-        raise HetdiffError(f"cannot read {what} {path_or_url}: {err}".splitlines()[0]) from err

@@ -15,9 +15,7 @@ from typing import Any
 
 import hetdiff
 from hetdiff.errors import HetdiffError
-
-OBJECTIVES = ("ddpm", "flow")
-PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "flow": ("velocity",)}
+from hetdiff.objectives.kinds import OBJECTIVES, PREDICTIONS, allows_learned_variance, uses_schedule
 
 
 def _is_int(value: Any) -> bool:
@@ -74,7 +72,7 @@ class ExpertSpec:
                 f"prediction {self.prediction!r} is not allowed for objective "
                 f"{self.objective!r}; use one of {allowed}"
             )
-        if self.objective == "ddpm":
+        if uses_schedule(self.objective):
             if not isinstance(self.schedule, dict) or not isinstance(
                 self.schedule.get("name"), str
             ):
@@ -87,7 +85,7 @@ class ExpertSpec:
             raise HetdiffError(
                 f"learned_variance must be true/false, got {self.learned_variance!r}"
             )
-        if self.learned_variance and self.objective != "ddpm":
+        if self.learned_variance and not allows_learned_variance(self.objective):
             raise HetdiffError("learned_variance applies to ddpm experts only; set it to false")
         if not isinstance(self.model, dict):
             raise HetdiffError(f"model must be an architecture config dict, got {self.model!r}")

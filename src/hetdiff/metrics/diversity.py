@@ -12,11 +12,13 @@ from hetdiff.errors import HetdiffError
 
 
 def mean_pairwise_distance(features: np.ndarray) -> float:
-    """Mean Euclidean distance over all unordered pairs of rows of (N, D) features; N >= 2."""
-    feats = torch.as_tensor(np.asarray(features, dtype=np.float64))
+    """Mean Euclidean distance over all unordered pairs of rows of (N, D) features; N >= 2:
+    sum_{i < j} |f_i - f_j| / (N (N - 1) / 2), in float64."""
+    feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float64))  # any strides
     if feats.ndim != 2 or feats.shape[0] < 2:
         raise HetdiffError(f"diversity needs at least 2 samples, got shape {tuple(feats.shape)}")
-    dist = torch.cdist(feats, feats)
+    # direct differences (not the |a|^2 + |b|^2 - 2ab shortcut): exact zeros for equal rows
+    dist = torch.cdist(feats, feats, compute_mode="donot_use_mm_for_euclid_dist")
     n = feats.shape[0]
     return float(dist.sum() / (n * (n - 1)))
 
@@ -27,6 +29,11 @@ def intra_class_diversity(
     """(mean over classes, per-class values) of the mean pairwise feature distance among
     samples sharing a label; classes with fewer than ``min_count`` samples are skipped."""
     labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(features):
+        raise HetdiffError(
+            f"diversity needs one label per feature row: {len(features)} rows, "
+            f"labels of shape {labels.shape}"
+        )
     per_class = {
         int(c): mean_pairwise_distance(features[labels == c])
         for c in np.unique(labels)

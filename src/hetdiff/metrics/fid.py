@@ -138,11 +138,3 @@ def reference_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian statistics of :func:`reference_features` (cached the same way)."""
     return gaussian_stats(reference_features(images, key, cache_dir, device, progress))
-
-
-def fid_against(
-    samples: Tensor, reference: tuple[np.ndarray, np.ndarray], device: str = "cpu"
-) -> float:
-    """FID of generated ``samples`` (N, C, H, W) in [-1, 1] against reference statistics."""
-    mu, cov = gaussian_stats(inception_features(samples, device=device))
-    return frechet_distance(mu, cov, *reference)

@@ -21,6 +21,9 @@ Xie; facebookresearch/DiT models.py), used to run imported DiT checkpoints uncha
     each block: (B, 6, D) = adaLN_modulation(c), adaLN_modulation = SiLU -> Linear(D, 6D)
     final:      shift, scale = adaLN_modulation(c), SiLU -> Linear(D, 2D)
 with no ``t_block`` and no tables; the modulation Linears start at zero (adaLN-Zero).
+
+The config, the model and the named configs live here; the block, attention, MLP and final
+layer in ``hetdiff.models.dit_blocks``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hetdiff.conditioning import Conditioning, as_conditioning
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import Conditioning, as_conditioning
+from hetdiff.models.dit_blocks import DiTBlock, FinalLayer
 from hetdiff.models.embeddings import (
     ContextEmbedder,
     LabelEmbedder,
@@ -137,139 +140,6 @@ class DiTConfig:
 
 
 #################################################################################
-#                               Transformer block                               #
-#################################################################################
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x * (1 + scale) + shift, with (B, N, D) x and (B, 1, D) shift/scale."""
-    return torch.addcmul(shift, x, 1 + scale)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection; (B, N, D) -> (B, N, D)."""
-
-    def __init__(self, hidden_size: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, D/heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D/heads)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from image tokens (B, N, D) to text keys (B, M, D) under a key mask."""
-
-    def __init__(self, hidden_size: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(hidden_size, hidden_size)
-        self.kv = nn.Linear(hidden_size, 2 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: Tensor, keys: Tensor, key_mask: Tensor) -> Tensor:
-        B, N, D = x.shape
-        M, heads = keys.shape[1], self.num_heads
-        q = self.q(x).view(B, N, heads, D // heads).transpose(1, 2)  # (B, heads, N, D/heads)
-        kv = self.kv(keys).view(B, M, 2, heads, D // heads)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, heads, M, D/heads)
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, M) bool, True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, N, D/heads)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU(tanh) -> Linear; (B, N, D) -> (B, N, D)."""
-
-    def __init__(self, hidden_size: int, mlp_ratio: float):
-        super().__init__()
-        inner = int(hidden_size * mlp_ratio)
-        self.fc1 = nn.Linear(hidden_size, inner)
-        self.fc2 = nn.Linear(inner, hidden_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-class DiTBlock(nn.Module):
-    """One block: modulated self-attention, optional cross-attention, modulated MLP.
-
-    AdaLN-Single: (6, D) table + the shared t0; adaLN-Zero: its own SiLU -> Linear(D, 6D) of c.
-    """
-
-    def __init__(self, config: DiTConfig):
-        super().__init__()
-        D = config.hidden_size
-        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(D, config.num_heads)
-        self.cross_attn = None
-        if config.context_dim is not None:
-            self.cross_attn = CrossAttention(D, config.num_heads)
-        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(D, config.mlp_ratio)
-        if config.modulation == "adaln-zero":
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
-        else:
-            self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)  # (6, D)
-
-    def forward(
-        self, x: Tensor, t0: Tensor, keys: Tensor | None = None, key_mask: Tensor | None = None
-    ) -> Tensor:
-        """x (B, N, D), keys (B, M, D) -> (B, N, D). ``t0``: (B, 6, D) from the shared t_block
-        (AdaLN-Single), or the conditioning c (B, D) (adaLN-Zero)."""
-        if hasattr(self, "adaLN_modulation"):
-            mod = self.adaLN_modulation(t0).view(x.shape[0], 6, -1)  # (B, 6, D)
-        else:
-            mod = self.scale_shift_table[None] + t0  # (B, 6, D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
-        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        if self.cross_attn is not None:
-            x = x + self.cross_attn(x, keys, key_mask)  # PixArt: no norm, no modulation here
-        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return x
-
-
-#################################################################################
-#                                 Final layer                                   #
-#################################################################################
-
-
-class FinalLayer(nn.Module):
-    """(B, N, D) tokens and conditioning c (B, D) -> (B, N, P*P*C_out) patch values."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        patch_size: int,
-        out_channels: int,
-        modulation: str = "adaln-single",
-    ):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        if modulation == "adaln-zero":
-            self.adaLN_modulation = nn.Sequential(
-                nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size)
-            )
-        else:
-            self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        if hasattr(self, "adaLN_modulation"):
-            mod = self.adaLN_modulation(c).view(c.shape[0], 2, -1)  # (B, 2, D)
-        else:
-            mod = self.scale_shift_table[None] + c[:, None]  # (B, 2, D)
-        shift, scale = mod.chunk(2, dim=1)  # (B, 1, D)
-        return self.linear(modulate(self.norm(x), shift, scale))
-
-
-#################################################################################
 #                                    Model                                      #
 #################################################################################
 
@@ -298,7 +168,8 @@ class DiT(nn.Module):
         self.t_block = None
         if config.modulation == "adaln-single":
             self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # shared AdaLN-Single
-        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        block = (D, config.num_heads, config.mlp_ratio, config.context_dim, config.modulation)
+        self.blocks = nn.ModuleList(DiTBlock(*block) for _ in range(config.depth))
         self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, config.modulation)
         self.initialize_weights()
 

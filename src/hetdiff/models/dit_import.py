@@ -33,7 +33,8 @@ conditioning at step ``t_ref`` (PixArt: 500) and the null class:
 So block s is exact at every (t, y); block i != s is off by (W_i - W_s)(SiLU(c) - SiLU(c*)),
 and the final modulation by (f_final(c) - f_final(c*)) - (c - c*), both zero at c* = c.
 ``MappingReport`` lists which of our parameters are exact and which are approximations.
-A user passes a local path; nothing here downloads.
+A user passes a local path; nothing here downloads. ``hetdiff.experts.dit_import`` writes the
+loaded network as an expert checkpoint.
 """
 
 from __future__ import annotations
@@ -372,74 +373,3 @@ def load_dit_adaln_single(
     model = DiT(config)
     model.load_state_dict(mapped, strict=True)
     return model.eval(), report
-
-
-#################################################################################
-#                          A foreign DiT as an expert                           #
-#################################################################################
-
-
-def import_dit_expert(
-    source: str | Path,
-    out_path: str | Path,
-    model: str | None = None,
-    num_heads: int | None = None,
-    modulation: str = "adaln-zero",
-    schedule: str = "linear",
-    t_ref: float = REFERENCE_T,
-    class_names: tuple[str, ...] = (),
-    data_spec: str = "",
-) -> Path:
-    """Write a facebookresearch/DiT checkpoint (local file) as a hetdiff expert checkpoint.
-
-    The expert is DDPM, eps prediction on ``schedule`` (DiT: linear, 1000 steps), with learned
-    variance when the checkpoint has 2C output channels, so it plugs into ensembles through the
-    DDPM velocity adapter. Its provenance records the source file's sha256 and the mapping.
-    """
-    import hashlib
-
-    from hetdiff.experts.spec import ExpertSpec
-    from hetdiff.experts.store import save_expert
-    from hetdiff.objectives.schedules import make_schedule
-
-    source = Path(source)
-    state = read_state_dict(source)
-    if modulation == "adaln-zero":
-        net = load_dit_adaln_zero(state, model=model, num_heads=num_heads)
-        mapping: dict[str, Any] = {"modulation": "adaln-zero", "exact": True}
-    elif modulation == "adaln-single":
-        net, report = load_dit_adaln_single(state, t_ref=t_ref, model=model, num_heads=num_heads)
-        mapping = {
-            "modulation": "adaln-single",
-            "exact": False,
-            "t_ref": report.t_ref,
-            "shared_from": report.shared_from,
-            "approximate": sorted(report.approximate),
-        }
-    else:
-        raise HetdiffError(f"unknown modulation {modulation!r}; use adaln-zero or adaln-single")
-    config = net.config
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    spec = ExpertSpec(
-        objective="ddpm",
-        prediction="eps",
-        schedule=make_schedule(schedule).spec.to_dict(),
-        learned_variance=config.learned_sigma,
-        model={"arch": "dit", "name": model or "imported", **config.to_dict()},
-        data_spec=data_spec,
-        resolution=config.input_size,
-        channels=config.in_channels,
-        num_classes=config.num_classes,
-        class_names=tuple(class_names),
-        provenance={
-            "imported_from": {
-                "path": str(source),
-                "sha256": digest,
-                "format": "facebookresearch/DiT",
-            },
-            "mapping": mapping,
-        },
-    )
-    out_path = Path(out_path)
-    save_expert(out_path, net.state_dict(), spec)
-    return out_path

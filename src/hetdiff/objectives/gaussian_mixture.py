@@ -45,10 +45,6 @@ class GaussianMixture:
         self.shape = tuple(shape) if shape is not None else (self.means.shape[1],)
         assert math.prod(self.shape) == self.means.shape[1]
 
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[0]
-
     def component(self, j: int) -> GaussianMixture:
         """The mixture restricted to component j (a one-component mixture)."""
         return GaussianMixture(

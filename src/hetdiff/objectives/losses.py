@@ -13,14 +13,26 @@ with v any velocity model (a native flow net, or a DDPM net behind its adapter: 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hetdiff.errors import HetdiffError
-from hetdiff.objectives.paths import DDPM_PREDICTIONS, ddpm_target
+from hetdiff.objectives.kinds import (
+    DDPM,
+    FLOW,
+    check_objective_name,
+    default_prediction,
+    uses_schedule,
+)
+from hetdiff.objectives.paths import (
+    DDPM_PREDICTIONS,
+    ddpm_target,
+    drop_learned_variance,
+    flow_interpolate,
+    flow_velocity_target,
+)
 from hetdiff.objectives.schedules import DiscreteSchedule, expand_time
 from hetdiff.objectives.velocity import FlowVelocity, VelocityModel
 
@@ -82,7 +94,7 @@ def ddpm_loss(
     x_s = expand_time(alpha, x0) * x0 + expand_time(sigma, x0) * eps
     out = net(x_s, steps.to(x0.dtype), cond)
     if learned_variance:
-        out = out[:, : x0.shape[1]]
+        out = drop_learned_variance(out, x0.shape[1])
     return _per_sample_mse(out, ddpm_target(prediction, x0, eps, alpha, sigma))
 
 
@@ -98,51 +110,44 @@ def flow_loss(
     n, device = x0.shape[0], x0.device
     t = sample_flow_times(n, generator, device, time_sampling, velocity.t_range).to(x0.dtype)
     eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-    tb = expand_time(t, x0)
-    x_t = (1 - tb) * x0 + tb * eps
-    return _per_sample_mse(velocity(x_t, t, cond), eps - x0)
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    """What an expert is trained on. ``prediction`` is "velocity" for flow."""
-
-    objective: str = "flow"  # "flow" | "ddpm"
-    prediction: str = "velocity"
-    time_sampling: str = "uniform"  # flow only
-    label_dropout: float = 0.1  # classifier-free guidance: P(label -> null)
-    learned_variance: bool = False
+    x_t = flow_interpolate(x0, eps, t)
+    return _per_sample_mse(velocity(x_t, t, cond), flow_velocity_target(x0, eps))
 
 
 def make_loss_fn(
-    config: ObjectiveConfig,
+    objective: str = FLOW,
+    prediction: str | None = None,
     schedule: DiscreteSchedule | None = None,
+    time_sampling: str = "uniform",
+    label_dropout: float = 0.1,
+    learned_variance: bool = False,
     wrap: Callable[[nn.Module], VelocityModel] | None = None,
 ) -> LossFn:
-    """A ``loss_fn(model, x0, labels, generator) -> (B,)`` for the training loop.
+    """A ``loss_fn(model, x0, labels, generator) -> (B,)`` for the training loop; the one place
+    that picks the loss by objective.
 
-    ``wrap`` turns the trained module into a velocity model for flow training (a FlowVelocity for
-    a native flow net, a DDPMVelocity for a warm-started DDPM net). Class labels are replaced by
-    the null class (-1) with probability ``label_dropout``.
+    ddpm: ``ddpm_loss`` on ``schedule`` with target ``prediction`` (default eps); the
+    learned-variance channels, when present, are not trained. flow: ``flow_loss`` on the
+    velocity ``wrap(model)`` (a FlowVelocity for a native flow net, a DDPMVelocity for a
+    converted DDPM net; default FlowVelocity) with t ~ ``time_sampling``. Class labels are
+    replaced by the null class (-1) with probability ``label_dropout``, drawn from the generator.
     """
-    from hetdiff.models.conditioning import drop_labels
+    from hetdiff.conditioning import drop_labels
 
-    if config.objective == "ddpm" and schedule is None:
+    objective = check_objective_name(objective)
+    prediction = prediction or default_prediction(objective)
+    if uses_schedule(objective) and schedule is None:
         raise HetdiffError("a DDPM objective needs a schedule")
-    if config.objective not in ("ddpm", "flow"):
-        raise HetdiffError(f"unknown objective {config.objective!r}; choose one of ddpm, flow")
 
     def loss_fn(
         model: nn.Module, x0: Tensor, labels: Tensor | None, gen: torch.Generator
     ) -> Tensor:
         cond = None
         if labels is not None:
-            cond = drop_labels(labels, config.label_dropout, gen)
-        if config.objective == "ddpm":
-            return ddpm_loss(
-                model, x0, schedule, config.prediction, gen, cond, config.learned_variance
-            )
+            cond = drop_labels(labels, label_dropout, gen)
+        if objective == DDPM:
+            return ddpm_loss(model, x0, schedule, prediction, gen, cond, learned_variance)
         velocity = wrap(model) if wrap is not None else FlowVelocity(model)
-        return flow_loss(velocity, x0, gen, cond, config.time_sampling)
+        return flow_loss(velocity, x0, gen, cond, time_sampling)
 
     return loss_fn

@@ -21,6 +21,27 @@ from hetdiff.objectives.schedules import expand_time
 DDPM_PREDICTIONS = ("eps", "x0", "v")
 
 
+def flow_interpolate(x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+    """The point of the flow path: x_t = (1 - t) x0 + t eps, with (B,) or scalar t."""
+    tb = expand_time(t, x0)
+    return (1 - tb) * x0 + tb * eps
+
+
+def flow_velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
+    """The flow-matching regression target v = eps - x0 (independent of t)."""
+    return eps - x0
+
+
+def drop_learned_variance(output: Tensor, channels: int) -> Tensor:
+    """The mean channels of a DDPM output that carries learned-variance channels: (B, 2C, ...)
+    -> (B, C, ...); one-line error when the output does not have 2C channels."""
+    if output.shape[1] != 2 * channels:
+        raise HetdiffError(
+            f"a learned-variance expert must output {2 * channels} channels, got {output.shape[1]}"
+        )
+    return output[:, :channels]
+
+
 def x0_from_velocity(x_t: Tensor, t: Tensor, velocity: Tensor) -> Tensor:
     """x0 = x_t - t v."""
     return x_t - expand_time(t, x_t) * velocity

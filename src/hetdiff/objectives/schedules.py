@@ -217,26 +217,6 @@ class DiscreteSchedule:
             raise HetdiffError(f"DDPM step {bad!r} is outside [0, {top}] of {self!r}")
 
 
-class FlowPath:
-    """The flow-matching linear path: alpha(t) = 1 - t, sigma(t) = t, lambda = 2 log((1-t)/t)."""
-
-    t_range: tuple[float, float] = (0.0, 1.0)
-
-    @staticmethod
-    def alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
-        return 1 - t, t
-
-    @staticmethod
-    def log_snr(t: Tensor) -> Tensor:
-        return 2 * (torch.log1p(-t) - torch.log(t))
-
-    @staticmethod
-    def interpolate(x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """x_t = (1 - t) x0 + t eps; t of shape (B,) broadcasts over the other dims."""
-        tb = expand_time(t, x0)
-        return (1 - tb) * x0 + tb * eps
-
-
 # --------------------------------------------------------------------------------------------
 # Construction from a spec
 # --------------------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from hetdiff.errors import HetdiffError
-from hetdiff.objectives.paths import DDPM_PREDICTIONS, ddpm_to_x0_eps
+from hetdiff.objectives.kinds import DDPM, FLOW, OBJECTIVES
+from hetdiff.objectives.paths import DDPM_PREDICTIONS, ddpm_to_x0_eps, drop_learned_variance
 from hetdiff.objectives.schedules import DiscreteSchedule, check_t_in_range
 
-OBJECTIVES = ("flow", "ddpm")
 DEFAULT_TIME_SCALE = 1000.0  # flow networks see t * 1000, the same range as DDPM steps
 
 
@@ -114,12 +114,7 @@ class DDPMVelocity(VelocityModel):
         step = self.schedule.step_of_t(t)
         out = self.net(x_s, step, cond)
         if self.learned_variance:
-            if out.shape[1] != 2 * x.shape[1]:
-                raise HetdiffError(
-                    f"learned_variance expert must output {2 * x.shape[1]} channels, "
-                    f"got {out.shape[1]}"
-                )
-            out = out[:, : x.shape[1]]
+            out = drop_learned_variance(out, x.shape[1])
         x0, eps = ddpm_to_x0_eps(self.prediction, self._check_output(out, x), x_s, alpha, sigma)
         return eps - x0
 
@@ -133,11 +128,11 @@ def make_velocity_model(
     time_scale: float = DEFAULT_TIME_SCALE,
 ) -> VelocityModel:
     """Wrap ``net`` by its objective: "flow" (prediction "velocity") or "ddpm"."""
-    if objective == "flow":
+    if objective == FLOW:
         if prediction not in (None, "velocity"):
             raise HetdiffError(f"a flow expert predicts 'velocity', not {prediction!r}")
         return FlowVelocity(net, time_scale)
-    if objective == "ddpm":
+    if objective == DDPM:
         if schedule is None:
             raise HetdiffError("a DDPM expert needs its schedule to be converted to a velocity")
         return DDPMVelocity(net, schedule, prediction or "eps", learned_variance)

@@ -1,4 +1,5 @@
-"""The run report: one self-contained ``report.html`` (images inlined as data URIs)."""
+"""The run report: one self-contained ``report.html`` (images inlined as data URIs), written from
+a ``RunRecord`` (``hetdiff.report.record``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hetdiff.io import atomic_write_text
+from hetdiff.report.record import RunRecord
 from hetdiff.report.svg import line_chart
 
 STYLE = """
@@ -57,51 +59,62 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _prompt_figures(samples: Path) -> list[str]:
+def _prompt_figures(record: RunRecord) -> list[str]:
     """A text run's grids, one figure per prompt with the prompt as its caption (none for a
-    class-conditional run: it has no ``prompts.json``)."""
-    listing = samples / "prompts.json"
-    if not listing.is_file():
+    class-conditional run)."""
+    if not record.prompts:
         return []
-    prompts = json.loads(listing.read_text())
-    strategy = html.escape(str(prompts.get("strategy", "")))
+    strategy = html.escape(str(record.prompt_strategy or ""))
     parts = [f"<h3>Prompts (ensemble, strategy <b>{strategy}</b>)</h3><div class='grids'>"]
-    for entry in prompts.get("prompts", []):
-        prompt = str(entry["prompt"])
-        parts.append(f"<figure>{_img(samples / entry['file'], alt=prompt)}"
-                     f"<figcaption>&ldquo;{html.escape(prompt)}&rdquo;</figcaption></figure>")  # fmt: skip
+    for entry in record.prompts:
+        parts.append(f"<figure>{_img(entry.grid, alt=entry.prompt)}"
+                     f"<figcaption>&ldquo;{html.escape(entry.prompt)}&rdquo;</figcaption></figure>")  # fmt: skip
     parts.append("</div>")
     return parts
 
 
-def write_report(run: Any) -> Path:
-    """Write ``run.out/report.html`` from the run folder's artifacts; returns its path."""
-    out: Path = run.out
-    cfg = run.config
-    metrics = json.loads((out / "metrics.json").read_text())
+def _router_weight_charts(weights: dict[str, Any] | None) -> list[str]:
+    """Router weights over t, one chart per recorded sample (at most 2)."""
+    if not weights or not weights.get("weights"):
+        return []
+    ts, steps = weights["t"], weights["weights"]
+    charts = []
+    for sample in range(min(2, len(steps[0]))):
+        per_cluster = [
+            (f"cluster {j}", ts, [w[sample][j] for w in steps])
+            for j in range(len(steps[0][sample]))
+        ]
+        charts.append(line_chart(per_cluster, f"router weights, sample {sample}", "t", "weight"))
+    return charts
+
+
+def write_report(record: RunRecord, path: str | Path) -> Path:
+    """Write the report of ``record`` to ``path`` (atomically); returns the path."""
+    metrics = record.metrics
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>hetdiff run</title>"
              f"<style>{STYLE}</style></head><body>"]  # fmt: skip
     parts.append("<h1>hetdiff: heterogeneous decentralized diffusion run</h1>")
     parts.append(
-        f"<p>Data <b>{html.escape(cfg.data)}</b> at {cfg.resolution} px, K = {cfg.cluster.k} "
-        f"experts trained in isolation, one per cluster; a router mixes them in velocity space.</p>"
+        f"<p>Data <b>{html.escape(record.data)}</b> at {record.resolution} px, "
+        f"K = {record.num_clusters} experts trained in isolation, one per cluster; a router mixes "
+        "them in velocity space.</p>"
     )
-    if getattr(cfg, "text_encoder", None) is not None:
+    if record.text_encoder is not None:
         parts.append(
-            f"<p>Conditioned on captions embedded by <b>{html.escape(cfg.text_encoder)}</b>: "
+            f"<p>Conditioned on captions embedded by <b>{html.escape(record.text_encoder)}</b>: "
             "strategy grids use captions of the data, prompt grids the prompts below.</p>"
         )
 
     parts.append("<h2>Samples</h2><div class='grids'>")
-    for name in cfg.sample.strategies:
-        parts.append(f"<figure>{_img(out / 'samples' / f'{name}.png', alt=name)}"
+    for name, grid in record.strategy_grids:
+        parts.append(f"<figure>{_img(grid, alt=name)}"
                      f"<figcaption>ensemble, strategy <b>{html.escape(name)}</b></figcaption></figure>")  # fmt: skip
     parts.append("</div>")
-    parts.extend(_prompt_figures(out / "samples"))
+    parts.extend(_prompt_figures(record))
     parts.append("<h3>Each expert alone (unconditional)</h3><div class='grids'>")
-    for k, e in enumerate(cfg.experts):
-        label = f"expert {k}: {e.objective} {e.prediction} {e.schedule or ''}"
-        parts.append(f"<figure>{_img(out / 'samples' / f'expert-{k}.png', alt=label)}"
+    for expert in record.experts:
+        label = f"expert {expert.cluster}: {expert.description}"
+        parts.append(f"<figure>{_img(expert.grid, alt=label)}"
                      f"<figcaption>{html.escape(label)}</figcaption></figure>")  # fmt: skip
     parts.append("</div>")
 
@@ -125,35 +138,25 @@ def write_report(run: Any) -> Path:
 
     parts.append("<h2>Training</h2><div class='grids'>")
     series = []
-    for k in range(len(cfg.experts)):
-        steps, losses = _loss_series(run.expert_dir(k) / "log.jsonl")
-        e = cfg.experts[k]
-        series.append((f"{k}: {e.objective}/{e.prediction}", steps, losses))
+    for expert in record.experts:
+        steps, losses = _loss_series(expert.log)
+        series.append((f"{expert.cluster}: {expert.description}", steps, losses))
     parts.append(line_chart(series, "expert training loss", "step", "loss", log_y=True))
-    steps, losses = _loss_series(run.router_dir / "log.jsonl")
+    steps, losses = _loss_series(record.router_log)
     parts.append(line_chart([("router", steps, losses)], "router cross-entropy", "step", "loss"))
-    weights_path = out / "samples" / "router_weights.json"
-    if weights_path.is_file():
-        rw = json.loads(weights_path.read_text())
-        ts = rw["t"]
-        for sample in range(min(2, len(rw["weights"][0]) if rw["weights"] else 0)):
-            per_cluster = [
-                (f"cluster {j}", ts, [w[sample][j] for w in rw["weights"]])
-                for j in range(len(rw["weights"][0][sample]))
-            ]
-            parts.append(line_chart(per_cluster, f"router weights, sample {sample}", "t", "weight"))
+    parts.extend(_router_weight_charts(record.router_weights))
     parts.append("</div>")
 
     parts.append("<h2>Clusters</h2>")
-    sizes = metrics.get("partition", {}).get("sizes", [])
-    parts.append(f"<p>Cluster sizes: {html.escape(str(sizes))} "
-                 f"(features: {html.escape(str(metrics.get('partition', {}).get('encoder')))}). "
+    partition = metrics.get("partition", {})
+    parts.append(f"<p>Cluster sizes: {html.escape(str(partition.get('sizes', [])))} "
+                 f"(features: {html.escape(str(partition.get('encoder')))}). "
                  "One row of training images per cluster:</p>")  # fmt: skip
-    parts.append(_img(out / "clusters.png", css_class="", alt="cluster montage"))
+    parts.append(_img(record.clusters_montage, css_class="", alt="cluster montage"))
     parts.append(
-        "<h2>Config</h2><pre>" + html.escape(json.dumps(cfg.to_dict(), indent=2)) + "</pre>"
+        "<h2>Config</h2><pre>" + html.escape(json.dumps(record.config, indent=2)) + "</pre>"
     )
     parts.append("</body></html>")
-    path = out / "report.html"
+    path = Path(path)
     atomic_write_text(path, "\n".join(parts))
     return path

@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hetdiff.conditioning import Conditioning, as_conditioning
+from hetdiff.config import STRATEGIES
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import Conditioning, as_conditioning
 from hetdiff.objectives.schedules import check_t_in_range
 from hetdiff.objectives.velocity import VelocityModel, common_t_range
 
-STRATEGIES = ("full", "top-k", "top1", "sample")
 RouterFn = Callable[[Tensor, Tensor, Any], Tensor]
 """router(x (B, C, H, W), t (B,) in [0, 1], cond) -> logits (B, K)."""
 
@@ -233,8 +233,8 @@ def load_ensemble(
     top-k has 1 <= k <= experts (see ``check_experts_fit``).
     """
     from hetdiff.experts.build import velocity_from_spec
+    from hetdiff.experts.router_store import load_router, read_router_spec, router_file
     from hetdiff.experts.store import list_experts, load_expert_model
-    from hetdiff.models.router import load_router, read_router_spec, router_file
 
     if strategy not in STRATEGIES:
         raise HetdiffError(

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hetdiff.conditioning import Conditioning
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import Conditioning
 from hetdiff.sampling.solvers import StepCallback, seeded_noise, solve
 
 
@@ -67,7 +67,7 @@ def draw_conditions(
     labels = dataset.labels[rows]
     if text_encoder is None:
         return labels, None
-    from hetdiff.models.text import dataset_caption_bank
+    from hetdiff.training.captions import dataset_caption_bank
 
     bank, caption_ids = dataset_caption_bank(dataset, text_encoder, cache_dir=cache_dir)
     return labels, bank.conditioning(caption_ids[rows])

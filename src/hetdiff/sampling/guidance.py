@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hetdiff.conditioning import as_conditioning
 from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import as_conditioning
 from hetdiff.sampling.solvers import VelocityFn
 
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hetdiff.config import SOLVERS
 from hetdiff.errors import HetdiffError
-from hetdiff.objectives.paths import ddpm_to_x0_eps
+from hetdiff.objectives.paths import ddpm_to_x0_eps, drop_learned_variance
 from hetdiff.objectives.schedules import DiscreteSchedule
 
 VelocityFn = Callable[[Tensor, Tensor, Any], Tensor]
 StepCallback = Callable[[int, Tensor, Tensor], None]  # (step index, t, x after the step)
-SOLVERS = ("euler", "heun")
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def sample_ddim(
         alpha, sigma = schedule.alpha_sigma(s_batch)
         out = net(x, s_batch, cond)
         if learned_variance:
-            out = out[:, :channels]
+            out = drop_learned_variance(out, channels)
         x0, eps = ddpm_to_x0_eps(prediction, out, x, alpha.to(x.dtype), sigma.to(x.dtype))
         if i + 1 == len(timesteps):
             return x0

@@ -1,8 +1,9 @@
-"""Distill an ensemble of experts into one dense flow student (design.md section 4).
+"""Distill a teacher velocity field into one dense flow student (design.md section 4).
 
-The teacher is the routed ensemble u(x_t, t, c) = sum_k r_k(x_t, t, c) v_k(x_t, t, c)
-(``sampling.ensemble``). The student is an ordinary DiT flow expert trained on the flow path over
-the union of the clusters' data:
+The teacher is any velocity function u(x_t, t, c) with its valid t_range; for ``hetdiff
+distill`` it is the routed ensemble u = sum_k r_k(x_t, t, c) v_k(x_t, t, c), loaded by the
+caller (``hetdiff.pipeline.distill``). The student is an ordinary DiT flow expert trained on
+the flow path over the union of the clusters' data:
 
     x0 ~ union of the clusters, eps ~ N(0, I), t ~ p(t) inside the teacher's t_range,
     x_t = (1 - t) x0 + t eps,  c = label, replaced by the null class with prob. label_dropout,
@@ -18,6 +19,7 @@ model that ``hetdiff sample --expert`` uses in place of K experts and a router.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,12 @@ from torch import Tensor, nn
 
 import hetdiff
 from hetdiff.errors import HetdiffError
+from hetdiff.objectives.kinds import FLOW, default_prediction
 from hetdiff.objectives.losses import LossFn, sample_flow_times
-from hetdiff.objectives.schedules import expand_time
+from hetdiff.objectives.paths import flow_interpolate
 from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
+
+VelocityFn = Callable[[Tensor, Tensor, Any], Tensor]  # teacher(x_t, t, cond) -> velocity
 
 STUDENT_FILE = "expert.safetensors"
 
@@ -39,7 +44,7 @@ class DistillSettings:
     """The student and its optimization. Defaults live here only."""
 
     model: str = "tiny"  # named DiT config of the student
-    strategy: str = "full"  # the teacher's routing strategy (see sampling.ensemble.STRATEGIES)
+    strategy: str = "full"  # the teacher's routing strategy (hetdiff.config.STRATEGIES)
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
@@ -53,19 +58,27 @@ class DistillSettings:
     mixed_precision: str = "no"  # no | bf16 | fp16 | auto
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HetdiffError(f"DistillSettings.{name} must be >= 1, got {value!r}")
+
 
 def distill_loss_fn(
-    teacher: nn.Module,
+    teacher: VelocityFn,
+    t_range: tuple[float, float] = (0.0, 1.0),
     label_dropout: float = 0.1,
     time_sampling: str = "uniform",
     time_scale: float = DEFAULT_TIME_SCALE,
 ) -> LossFn:
     """``loss_fn(student, x0, labels, generator) -> (B,)``: |v_student - u_teacher|^2 per sample
-    at x_t on the flow path, t inside ``teacher.t_range``. The teacher runs without gradients;
-    the student net sees the timestep t * time_scale (an ordinary flow expert)."""
-    from hetdiff.models.conditioning import drop_labels
+    at x_t = (1 - t) x0 + t eps on the flow path, t drawn inside ``t_range`` (the teacher's valid
+    range). ``teacher(x_t (B, C, H, W), t (B,), cond) -> u (B, C, H, W)`` runs without
+    gradients; the student net sees the timestep t * time_scale (an ordinary flow expert)."""
+    from hetdiff.conditioning import drop_labels
 
-    t_range = tuple(getattr(teacher, "t_range", (0.0, 1.0)))
+    t_range = (float(t_range[0]), float(t_range[1]))
 
     def loss_fn(
         student: nn.Module, x0: Tensor, labels: Tensor | None, generator: torch.Generator
@@ -74,23 +87,13 @@ def distill_loss_fn(
         n, device = x0.shape[0], x0.device
         t = sample_flow_times(n, generator, device, time_sampling, t_range).to(x0.dtype)
         eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-        tb = expand_time(t, x0)
-        x_t = (1 - tb) * x0 + tb * eps  # (B, C, H, W)
+        x_t = flow_interpolate(x0, eps, t)  # (B, C, H, W)
         with torch.no_grad():
-            target = teacher(x_t, t, cond)  # (B, C, H, W), the ensemble's velocity
+            target = teacher(x_t, t, cond)  # (B, C, H, W), the teacher's velocity
         velocity = FlowVelocity(student, time_scale)(x_t, t, cond)
         return ((velocity.float() - target.float()) ** 2).flatten(1).mean(dim=1)
 
     return loss_fn
-
-
-def _file_sha256(path: Path) -> str | None:
-    import safetensors
-
-    from hetdiff.experts.store import HASH_KEY
-
-    with safetensors.safe_open(str(path), framework="pt") as handle:
-        return (handle.metadata() or {}).get(HASH_KEY)
 
 
 def union_dataset(specs: list[Any], cluster_ids: list[int], partition: Any | None = None) -> Any:
@@ -125,101 +128,65 @@ def union_dataset(specs: list[Any], cluster_ids: list[int], partition: Any | Non
 
 
 def distill(
-    experts_dir: str | Path,
-    router_path: str | Path,
+    teacher: VelocityFn,
+    t_range: tuple[float, float],
+    dataset: Any,
     out_dir: str | Path,
     settings: DistillSettings | None = None,
-    partition: str | Path | None = None,
-    allow_missing: bool = False,
+    class_conditional: bool = True,
+    partition_fingerprint: str | None = None,
+    provenance: dict[str, Any] | None = None,
     resume: bool = False,
 ) -> Path:
-    """Train a dense flow student on the ensemble ``experts_dir`` + ``router_path``; write
-    ``out_dir/expert.safetensors`` (EMA weights, a flow ExpertSpec) and return its path.
+    """Train a dense flow student on ``teacher``'s velocity over ``dataset`` (an
+    ``ImageDataset``, e.g. ``union_dataset``); write ``out_dir/expert.safetensors`` (EMA
+    weights, a flow ExpertSpec with cluster_id None and ``provenance``) and return its path.
 
-    ``partition`` (a manifest from ``hetdiff cluster``) restricts the data to the clusters that
-    have an expert; without it the student trains on the experts' whole data set.
+    ``teacher(x, t, cond) -> v`` is valid on ``t_range`` (an ensemble: its experts' common
+    range); ``class_conditional`` trains the student on the data's labels (the teacher then
+    receives them too, or the null class when dropped).
     """
     from hetdiff.experts.spec import ExpertSpec
-    from hetdiff.experts.store import list_experts, save_expert
-    from hetdiff.experts.train import train_config_for
+    from hetdiff.experts.store import save_expert
     from hetdiff.models.dit import DiT, dit_config
-    from hetdiff.sampling.ensemble import load_ensemble
+    from hetdiff.training.expert import train_config_for
     from hetdiff.training.loop import train
 
     settings = settings or DistillSettings()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    teacher = load_ensemble(
-        experts_dir,
-        router_path,
-        device=device,
-        strategy=settings.strategy,
-        allow_missing=allow_missing,
-        seed=settings.seed,
-    ).eval()
-    entries = list_experts(experts_dir)
-    specs = [spec for _, spec in entries]
-    loaded = None
-    if partition is not None:
-        from hetdiff.data.partition import Partition
-
-        loaded = Partition.load(partition)
-    elif teacher.missing_clusters:
-        raise HetdiffError(
-            f"clusters {teacher.missing_clusters} have no expert; pass --partition so the "
-            "student trains on the clusters present only"
-        )
-    dataset = union_dataset(specs, teacher.cluster_ids, loaded)
-    first = specs[0]
+    num_classes = dataset.num_classes if class_conditional else 0
+    class_names = tuple(dataset.class_names) if class_conditional else ()
     config = dit_config(
         settings.model,
-        input_size=first.resolution,
-        in_channels=first.channels,
-        num_classes=first.num_classes,
+        input_size=dataset.resolution,
+        in_channels=dataset.channels,
+        num_classes=num_classes,
     )
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
         torch.manual_seed(settings.seed)
         student = DiT(config)
-    labels = dataset.labels if first.num_classes else None
-    loss_fn = distill_loss_fn(teacher, settings.label_dropout, settings.time_sampling)
+    labels = dataset.labels if num_classes else None
+    loss_fn = distill_loss_fn(teacher, t_range, settings.label_dropout, settings.time_sampling)
     train_config = train_config_for(settings, len(dataset))
-    provenance = {
-        "distilled_from": {
-            "experts": [
-                {
-                    "path": str(path),
-                    "sha256": _file_sha256(path),
-                    "cluster_id": spec.cluster_id,
-                    "objective": spec.objective,
-                    "model": spec.model.get("name"),
-                }
-                for path, spec in entries
-            ],
-            "router": str(router_path),
-            "strategy": settings.strategy,
-            "t_range": list(teacher.t_range),
-            "settings": settings.__dict__,
-        }
-    }
     checkpoint = Path(out_dir) / STUDENT_FILE
 
     def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:
         spec = ExpertSpec(
-            objective="flow",
-            prediction="velocity",
+            objective=FLOW,
+            prediction=default_prediction(FLOW),
             schedule=None,
             model={"arch": "dit", "name": settings.model, **config.to_dict()},
             cluster_id=None,
             num_clusters=None,
             data_spec=dataset.spec,
             data_fingerprint=dataset.fingerprint,
-            partition_fingerprint=None if loaded is None else loaded.fingerprint,
-            resolution=first.resolution,
-            channels=first.channels,
-            num_classes=first.num_classes,
-            class_names=first.class_names,
+            partition_fingerprint=partition_fingerprint,
+            resolution=dataset.resolution,
+            channels=dataset.channels,
+            num_classes=num_classes,
+            class_names=class_names,
             steps=step,
             time_scale=DEFAULT_TIME_SCALE,
-            provenance=provenance,
+            provenance=provenance or {},
             hetdiff_version=hetdiff.__version__,
         )
         save_expert(checkpoint, ema_state, spec)

@@ -1,8 +1,10 @@
 """The training loop: AdamW + warmup + clipping + EMA on Hugging Face Accelerate.
 
 The loop knows nothing about objectives: it calls ``loss_fn(model, x0, labels, generator)`` and
-minimizes the mean of the per-sample losses it returns. One code path runs single-process
-(CPU or GPU) and under ``torchrun`` / ``accelerate launch`` (DDP).
+minimizes the mean of the per-sample losses it returns. ``labels`` is what ``train`` was given,
+sliced to the batch: None, one (B,) int64 column, or a tuple of (B,) int64 columns (the router's
+cluster and condition ids). One code path runs single-process (CPU or GPU) and under
+``torchrun`` / ``accelerate launch`` (DDP).
 
 Batches. ``config.batch_size`` is the *global* batch of one optimizer step, split over
 ``grad_accum`` micro-steps and ``num_processes`` ranks: micro-batch j of the step's index block
@@ -13,13 +15,14 @@ Determinism and resume. Epoch e visits ``randperm(N)`` drawn from a generator se
 (seed, e) and drops the incomplete tail; the (epoch, position) pair is saved. All randomness of
 the loss comes from ``generator``, seeded by (seed, rank) on the training device and saved with
 torch's global CPU/CUDA RNG states. A resumed run therefore continues bitwise like one that was
-never stopped (same process count, same hardware).
+never stopped (same process count, same hardware); ``hetdiff.training.resume`` refuses a resume
+with other math, precision, process count or data (a fingerprint of images and every column).
+Epochs and micro-batches: ``hetdiff.training.batches``; the state on disk:
+``hetdiff.training.state``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
@@ -37,30 +40,26 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 import hetdiff
+from hetdiff.config import MIXED_PRECISION
 from hetdiff.errors import HetdiffError
 from hetdiff.io import atomic_write_json, atomic_write_text
 from hetdiff.training import state as state_io
+from hetdiff.training.batches import (
+    Targets,
+    accumulate_gradients,
+    check_inputs,
+    derive_seed,
+    epoch_permutation,
+)
 from hetdiff.training.ema import EMA
+from hetdiff.training.resume import check_resume, data_fingerprint
 
-LossFn = Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], Tensor]
-"""loss_fn(model, x0 (B, C, H, W), labels (B,) int64 or None, generator) -> per-sample loss (B,).
+LossFn = Callable[[nn.Module, Tensor, Targets, torch.Generator], Tensor]
+"""loss_fn(model, x0 (B, C, H, W), labels, generator) -> per-sample loss (B,).
 
+``labels``: None, a (B,) int64 column, or a tuple of (B,) int64 columns, as given to ``train``.
 All randomness (noise, t, label dropout) must come from ``generator``, which the loop owns."""
 
-MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
-# Fields whose change alters the optimization; a resume must keep them.
-RESUME_FIXED_FIELDS = (
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "betas",
-    "warmup_steps",
-    "grad_clip",
-    "ema_decay",
-    "ema_warmup",
-    "grad_accum",
-    "seed",
-)
 STATE_DIRNAME = "train_state"
 LOG_NAME = "log.jsonl"
 
@@ -146,95 +145,12 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * warmup_factor(step, config.warmup_steps)
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, e.g. (seed, "noise", rank); stable across runs."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def epoch_permutation(num_items: int, seed: int, epoch: int) -> Tensor:
-    """The visiting order of epoch ``epoch``: randperm from a generator seeded by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
-    return torch.randperm(num_items, generator=generator)
-
-
 def resolve_mixed_precision(requested: str, device: torch.device | None = None) -> str:
     """ "auto" -> "bf16" on a CUDA device that supports it, else "no"; other values pass."""
     if requested != "auto":
         return requested
     on_cuda = (device is None or device.type == "cuda") and torch.cuda.is_available()
     return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-
-
-def data_fingerprint(images: Tensor, labels: Tensor | None) -> str:
-    """sha256 over the shapes, dtypes and bytes of the training tensors (first 16 hex digits)."""
-    digest = hashlib.sha256()
-    for tensor in (images, labels):
-        if tensor is None:
-            digest.update(b"none")
-            continue
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _check_inputs(images: Tensor, labels: Tensor | None, config: TrainConfig, world: int) -> None:
-    if images.ndim != 4 or not images.is_floating_point():
-        raise HetdiffError(
-            f"images must be a float tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-        )
-    if labels is not None and (labels.shape != (images.shape[0],) or labels.dtype != torch.int64):
-        raise HetdiffError(
-            f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
-            f"{tuple(labels.shape)}"
-        )
-    split = world * config.grad_accum
-    if config.batch_size % split:
-        raise HetdiffError(
-            f"batch_size {config.batch_size} is not divisible by processes x grad_accum = {split}"
-        )
-    if images.shape[0] < config.batch_size:
-        raise HetdiffError(
-            f"the data has {images.shape[0]} images, fewer than batch_size {config.batch_size}"
-        )
-
-
-def _check_resume(
-    meta: dict[str, Any],
-    config: TrainConfig,
-    precision: str,
-    world: int,
-    fingerprint: str,
-    directory: Path,
-) -> None:
-    saved = meta["config"]
-    current = config.to_dict()
-    for name in RESUME_FIXED_FIELDS:
-        if saved.get(name) != current[name]:
-            raise HetdiffError(
-                f"cannot resume: {name} is {current[name]!r} but the state in {directory} was "
-                f"trained with {saved.get(name)!r}; pass the same {name} or start a new run"
-            )
-    if meta["mixed_precision"] != precision:
-        raise HetdiffError(
-            f"cannot resume: mixed_precision resolves to {precision!r} but the state was trained "
-            f"with {meta['mixed_precision']!r}; pass --mixed-precision {meta['mixed_precision']}"
-        )
-    if meta["world_size"] != world:
-        raise HetdiffError(
-            f"cannot resume: the state in {directory} was trained by {meta['world_size']} "
-            f"processes, this run has {world}; relaunch with {meta['world_size']}"
-        )
-    if meta["data_fingerprint"] != fingerprint:
-        raise HetdiffError(
-            f"cannot resume: the training data differs from the run in {directory} (fingerprint "
-            f"{fingerprint} vs {meta['data_fingerprint']}); resume with the same data"
-        )
-    if meta["step"] > config.steps:
-        raise HetdiffError(
-            f"cannot resume: the state is at step {meta['step']}, beyond steps={config.steps}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +161,7 @@ def _check_resume(
 def train(
     model: nn.Module,
     images: Tensor,
-    labels: Tensor | None,
+    labels: Targets,
     loss_fn: LossFn,
     config: TrainConfig,
     out_dir: str | Path,
@@ -255,7 +171,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place to ``config.steps`` optimizer steps; return the EMA weights.
 
-    images: (N, C, H, W) float, labels: (N,) int64 or None, on CPU (batches move to the device).
+    images: (N, C, H, W) float; labels: None, (N,) int64, or a tuple of (N,) int64 columns; on
+    CPU (batches move to the device). ``loss_fn`` gets each batch's rows of every column, in the
+    same structure; the data fingerprint a resume checks covers the images and every column.
     Writes ``out_dir/log.jsonl`` (step, loss, lr, images_per_s, elapsed_s), the resolved config
     ``out_dir/train_config.json`` and the resumable state ``out_dir/train_state/`` every
     ``checkpoint_every`` steps and at the end, then calls ``on_checkpoint(ema_state_cpu, step)``
@@ -293,7 +211,7 @@ def train(
         accelerator.process_index,
         accelerator.is_main_process,
     )
-    _check_inputs(images, labels, config, world)
+    check_inputs(images, labels, config.batch_size, config.grad_accum, world)
     device = accelerator.device
 
     manifest = state_io.read_manifest(state_root)
@@ -320,7 +238,9 @@ def train(
     if resume:
         saved = state_io.load_train_state(state_root, rank)
         meta = saved.meta
-        _check_resume(meta, config, precision, world, fingerprint, saved.directory)
+        check_resume(
+            meta, config.to_dict(), config.steps, precision, world, fingerprint, saved.directory
+        )
         try:
             raw_model.load_state_dict(saved.model, strict=True)
         except RuntimeError as err:
@@ -415,8 +335,8 @@ def train(
             block = order[position : position + config.batch_size]
             position += config.batch_size
 
-            step_loss = _accumulate_gradients(
-                model, images, labels, block, loss_fn, noise, config, accelerator
+            step_loss = accumulate_gradients(
+                model, images, labels, block, loss_fn, noise, config.grad_accum, accelerator
             )
             loss_value = float(step_loss)
             if not math.isfinite(loss_value):
@@ -465,46 +385,6 @@ def train(
         ema_state=_cpu_clone(ema.state_dict()),
         log_path=log_path,
     )
-
-
-def _accumulate_gradients(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor | None,
-    block: Tensor,
-    loss_fn: LossFn,
-    noise: torch.Generator,
-    config: TrainConfig,
-    accelerator: Accelerator,
-) -> Tensor:
-    """Backpropagate one optimizer step's global batch ``block`` (indices) in micro-steps.
-
-    Micro-step j takes rows ``block[j*m:(j+1)*m][rank::world]`` (m = batch_size / grad_accum)
-    and backpropagates mean(loss) / grad_accum; DDP averages over ranks on the last micro-step
-    only. Returns the step's loss (mean over the global batch) as a 0-d tensor.
-    """
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    micro = config.batch_size // config.grad_accum
-    step_loss = torch.zeros((), device=device)
-    for j in range(config.grad_accum):
-        rows = block[j * micro : (j + 1) * micro][rank::world]
-        x0 = images[rows].to(device, non_blocking=True)
-        y = None if labels is None else labels[rows].to(device, non_blocking=True)
-        last_micro = j == config.grad_accum - 1
-        sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
-        with sync:
-            per_sample = loss_fn(model, x0, y, noise)
-            if per_sample.shape != (x0.shape[0],):
-                raise HetdiffError(
-                    f"loss_fn must return a per-sample loss of shape ({x0.shape[0]},), got "
-                    f"{tuple(per_sample.shape)}"
-                )
-            loss = per_sample.float().mean()
-            accelerator.backward(loss / config.grad_accum)
-        step_loss += loss.detach() / config.grad_accum
-    if world > 1:
-        step_loss = accelerator.reduce(step_loss, reduction="mean")
-    return step_loss
 
 
 def _cpu_clone(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

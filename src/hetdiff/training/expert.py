@@ -1,62 +1,30 @@
 """Train one expert in isolation: its own data shard, its own optimizer, its own checkpoint.
 
 Glue only: data (an ImageDataset, optionally one cluster of a partition) + a DiT + the loss its
-objective calls for + the generic training loop, writing ``out_dir/expert.safetensors`` (EMA
-weights, spec in the metadata) every checkpoint and at the end. Nothing here talks to any other
-expert.
+objective calls for (``objectives.losses.make_loss_fn``) + the generic training loop, writing
+``out_dir/expert.safetensors`` (EMA weights, spec in the metadata) every checkpoint and at the
+end. Nothing here talks to any other expert.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-import hetdiff
+from hetdiff.config import ExpertSettings
 from hetdiff.errors import HetdiffError
-from hetdiff.experts.spec import ExpertSpec
+from hetdiff.experts.build import build_expert_spec
 from hetdiff.experts.store import save_expert
 from hetdiff.models.dit import DiT, dit_config
-from hetdiff.objectives.losses import ObjectiveConfig, make_loss_fn
-from hetdiff.objectives.schedules import ScheduleSpec, make_schedule
+from hetdiff.objectives.losses import LossFn, make_loss_fn
+from hetdiff.objectives.schedules import make_schedule
 from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
 from hetdiff.training.loop import TrainConfig, train
 
 EXPERT_FILE = "expert.safetensors"
-DEFAULT_PREDICTION = {"flow": "velocity", "ddpm": "eps"}
-
-
-@dataclass(frozen=True)
-class ExpertSettings:
-    """What one expert's owner chooses. Defaults live here only."""
-
-    objective: str = "flow"  # "flow" | "ddpm"
-    prediction: str | None = None  # None: "velocity" for flow, "eps" for ddpm
-    schedule: str = "linear"  # ddpm: linear | cosine | scaled_linear
-    model: str = "tiny"  # a named DiT config
-    learned_variance: bool = False  # ddpm: extra variance output channels (not trained)
-    class_conditional: bool = True  # condition on class labels (with CFG label dropout)
-    label_dropout: float = 0.1  # P(label -> null class), or P(caption -> null), in training
-    text_encoder: str | None = None  # caption-conditioned: "hash" | "minilm" | encoder folder
-    caption_seed: int = 0  # seeds each sample's caption template (hetdiff.data.captions)
-    time_sampling: str = "logit_normal"  # flow: uniform | logit_normal
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
-    seed: int = 0
-    mixed_precision: str = "auto"
-    progress: bool = True
-
-    @property
-    def resolved_prediction(self) -> str:
-        return self.prediction or DEFAULT_PREDICTION.get(self.objective, "velocity")
 
 
 def train_config_for(settings: Any, dataset_size: int) -> TrainConfig:
@@ -74,45 +42,6 @@ def train_config_for(settings: Any, dataset_size: int) -> TrainConfig:
         seed=settings.seed,
         mixed_precision=settings.mixed_precision,
         progress=settings.progress,
-    )
-
-
-def build_expert_spec(
-    settings: ExpertSettings,
-    dataset: Any,
-    model_dict: dict[str, Any],
-    steps: int,
-    cluster_id: int | None = None,
-    num_clusters: int | None = None,
-    partition_fingerprint: str | None = None,
-    provenance: dict[str, Any] | None = None,
-    autoencoder: dict[str, Any] | None = None,
-) -> ExpertSpec:
-    schedule = None
-    if settings.objective == "ddpm":
-        schedule = make_schedule(ScheduleSpec(name=settings.schedule)).spec.to_dict()
-    conditional = settings.class_conditional and settings.text_encoder is None
-    return ExpertSpec(
-        objective=settings.objective,
-        prediction=settings.resolved_prediction,
-        schedule=schedule,
-        learned_variance=settings.learned_variance,
-        model=model_dict,
-        cluster_id=cluster_id,
-        num_clusters=num_clusters,
-        data_spec=dataset.spec,
-        data_fingerprint=dataset.fingerprint,
-        partition_fingerprint=partition_fingerprint,
-        resolution=dataset.resolution,
-        channels=dataset.channels,
-        num_classes=dataset.num_classes if conditional else 0,
-        class_names=tuple(dataset.class_names) if conditional else (),
-        steps=steps,
-        time_scale=DEFAULT_TIME_SCALE,
-        provenance=provenance or {},
-        hetdiff_version=hetdiff.__version__,
-        text_encoder=settings.text_encoder,
-        autoencoder=autoencoder,
     )
 
 
@@ -139,18 +68,20 @@ def build_expert_net(
     return net, {"arch": "dit", "name": settings.model, **config.to_dict()}
 
 
-def expert_loss_fn(settings: ExpertSettings) -> Any:
+def expert_loss_fn(settings: ExpertSettings) -> LossFn:
     """The training loop's ``loss_fn(net, x0, labels, generator) -> (B,)`` for ``settings``'
-    objective (DDPM on its schedule, or flow matching on a native flow net's velocity)."""
-    schedule = make_schedule(settings.schedule) if settings.objective == "ddpm" else None
-    objective = ObjectiveConfig(
-        objective=settings.objective,
-        prediction=settings.resolved_prediction,
+    objective (DDPM on its schedule, or flow matching on a native flow net's velocity at
+    timestep t * 1000)."""
+    schedule = None if settings.schedule is None else make_schedule(settings.schedule)
+    return make_loss_fn(
+        settings.objective,
+        settings.prediction,
+        schedule,
         time_sampling=settings.time_sampling,
         label_dropout=settings.label_dropout,
         learned_variance=settings.learned_variance,
+        wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE),
     )
-    return make_loss_fn(objective, schedule, wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE))
 
 
 def train_expert(
@@ -174,20 +105,16 @@ def train_expert(
     loop's label column then carries caption ids, dropped to -1 (null) with ``label_dropout``.
     ``autoencoder`` (a ``KLAutoencoder.to_dict()``) records that ``dataset`` holds its latents.
     """
-    if settings.objective not in DEFAULT_PREDICTION:
-        raise HetdiffError(f"unknown objective {settings.objective!r}; choose one of ddpm, flow")
     if len(dataset) == 0:
         raise HetdiffError("the expert's data shard is empty; pick another cluster or dataset")
     out_dir = Path(out_dir)
     bank = labels = None
     if settings.text_encoder is not None:
-        from hetdiff.data.captions import dataset_captions
-        from hetdiff.models.text import caption_bank, load_text_encoder
+        from hetdiff.training.captions import dataset_caption_bank
 
-        captions = dataset_captions(dataset, seed=settings.caption_seed)
-        encoder = load_text_encoder(settings.text_encoder)
-        bank = caption_bank(encoder, captions.texts, cache_dir)
-        labels = captions.index
+        bank, labels = dataset_caption_bank(
+            dataset, settings.text_encoder, settings.caption_seed, cache_dir
+        )
     elif settings.class_conditional:
         labels = dataset.labels
     net, model_dict = build_expert_net(settings, dataset, None if bank is None else bank.dim)

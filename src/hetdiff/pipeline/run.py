@@ -1,16 +1,16 @@
 """``hetdiff run``: cluster -> K isolated experts -> router -> sample -> evaluate -> report.
 
 Each stage writes its outputs in the run folder and a marker ``stages/<name>.json`` holding the
-hash of everything it depends on; a stage whose marker matches is skipped, so a killed run resumes
-where it stopped (an expert killed mid-training resumes from its last checkpoint). Each expert
-trains in its own process (``hetdiff train-expert``) on its own shard and writes only its own
-folder: nothing passes between experts.
+hash of the config values it depends on (``STAGE_INPUTS``); a stage whose marker matches is
+skipped, so a killed run resumes where it stopped (an expert killed mid-training resumes from its
+last checkpoint). Each expert trains in its own process (``hetdiff.training.jobs``, started with
+its serialized settings) on its own shard and writes only its own folder: nothing passes between
+experts.
 
 With ``text_encoder`` set the run is caption-conditioned: every expert and the router train on
 each image's caption (``hetdiff.data.captions``) instead of its class label, the sample stage also
 writes one grid per prompt (``samples/prompt-<i>.png``, listed in ``samples/prompts.json``), and
-the strategy samples are drawn with captions of the data. Without it the config keys for text
-are left out of the stage keys, so run folders made before they existed stay valid.
+the strategy samples are drawn with captions of the data.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hetdiff.config import RunConfig
 from hetdiff.errors import HetdiffError
-from hetdiff.io import atomic_write_json
+from hetdiff.io import atomic_path, atomic_write_json
+from hetdiff.pipeline.layout import RunLayout
 
 STAGES = ("cluster", "experts", "router", "sample", "evaluate", "report")
 
@@ -37,15 +36,26 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _comparable(c: dict[str, Any]) -> dict[str, Any]:
-    """A config dict without the text keys while ``text_encoder`` is unset: what a run folder
-    recorded before text runs existed, so its stage keys and config.json still match."""
-    if c.get("text_encoder") is not None:
-        return c
-    c = {key: value for key, value in c.items() if key != "text_encoder"}
-    if isinstance(c.get("sample"), dict):
-        c["sample"] = {k: v for k, v in c["sample"].items() if k not in ("prompts", "per_prompt")}
-    return c
+# What each stage reads from the config, beyond what the stages it builds on read: a stage
+# re-runs exactly when one of these (or an upstream stage's) inputs changes.
+_CLUSTER_INPUTS = ("data", "resolution", "seed", "cluster")
+_CONDITION_INPUTS = ("class_conditional", "text_encoder")
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "cluster": _CLUSTER_INPUTS,
+    "experts": (*_CLUSTER_INPUTS, *_CONDITION_INPUTS, "experts"),
+    "router": (*_CLUSTER_INPUTS, *_CONDITION_INPUTS, "router"),
+    "sample": (*_CLUSTER_INPUTS, *_CONDITION_INPUTS, "experts", "router", "sample", "sample_count"),
+    "evaluate": (
+        *_CLUSTER_INPUTS,
+        *_CONDITION_INPUTS,
+        "experts",
+        "router",
+        "sample",
+        "sample_count",
+        "evaluate",
+    ),  # fmt: skip
+}
+STAGE_INPUTS["report"] = STAGE_INPUTS["evaluate"]
 
 
 def _log(message: str) -> None:
@@ -58,28 +68,29 @@ class Run:
     def __init__(self, config: RunConfig, out: str | Path) -> None:
         self.config = config
         self.out = Path(out)
+        self.layout = RunLayout(self.out)
         self._dataset = None
 
-    # -- folders --------------------------------------------------------------------------------
+    # -- folders (named once, in RunLayout) ----------------------------------------------------
 
     @property
     def partition_path(self) -> Path:
-        return self.out / "partition.json"
+        return self.layout.partition
 
     @property
     def experts_dir(self) -> Path:
-        return self.out / "experts"
+        return self.layout.experts
 
     def expert_dir(self, k: int) -> Path:
-        return self.experts_dir / f"expert-{k}"
+        return self.layout.expert(k)
 
     @property
     def router_dir(self) -> Path:
-        return self.out / "router"
+        return self.layout.router
 
     @property
     def samples_dir(self) -> Path:
-        return self.out / "samples"
+        return self.layout.samples
 
     @property
     def dataset(self):
@@ -92,7 +103,7 @@ class Run:
     # -- stage bookkeeping ----------------------------------------------------------------------
 
     def _marker(self, stage: str) -> Path:
-        return self.out / "stages" / f"{stage}.json"
+        return self.layout.marker(stage)
 
     @property
     def prompts(self) -> list[str]:
@@ -104,25 +115,10 @@ class Run:
         return default_prompts(self.dataset.class_names)
 
     def stage_key(self, stage: str) -> str:
-        c = _comparable(self.config.to_dict())
-        parts: dict[str, Any] = {
-            "data": c["data"],
-            "resolution": c["resolution"],
-            "seed": c["seed"],
-        }
-        parts["cluster"] = c["cluster"]
-        if stage in ("experts", "router", "sample", "evaluate", "report"):
-            parts["experts"] = c["experts"]
-            parts["class_conditional"] = c["class_conditional"]
-            if "text_encoder" in c:
-                parts["text_encoder"] = c["text_encoder"]
-        if stage in ("router", "sample", "evaluate", "report"):
-            parts["router"] = c["router"]
-        if stage in ("sample", "evaluate", "report"):
-            parts["sample"] = c["sample"]
-        if stage in ("evaluate", "report"):
-            parts["evaluate"] = c["evaluate"]
-        return _hash({"stage": stage, **parts})
+        """Hash of the config values ``stage`` depends on (``STAGE_INPUTS``)."""
+        c = self.config.to_dict()
+        c["sample_count"] = max(self.config.sample.n, self.config.evaluate.n)  # drawn per model
+        return _hash({"stage": stage, **{name: c[name] for name in STAGE_INPUTS[stage]}})
 
     def done(self, stage: str) -> bool:
         marker = self._marker(stage)
@@ -137,10 +133,10 @@ class Run:
 
     def check_folder(self) -> None:
         """Refuse a folder that holds another run's artifacts (before any work starts)."""
-        saved = self.out / "config.json"
+        saved = self.layout.config
         if saved.is_file():
-            previous = _comparable(json.loads(saved.read_text()))
-            current = _comparable(json.loads(json.dumps(self.config.to_dict())))
+            previous = json.loads(saved.read_text())
+            current = json.loads(json.dumps(self.config.to_dict()))
             if previous != current:
                 differing = sorted(k for k in current if previous.get(k) != current.get(k))
                 raise HetdiffError(
@@ -156,7 +152,7 @@ class Run:
         self.check_folder()
         self.out.mkdir(parents=True, exist_ok=True)
         resolved = self.config.to_dict()
-        atomic_write_json(self.out / "config.json", resolved)
+        atomic_write_json(self.layout.config, resolved)
         print(json.dumps(resolved, indent=2))
         started = time.time()
         timings = {}
@@ -170,14 +166,15 @@ class Run:
             timings[stage] = round(time.time() - t0, 1)
             self.mark(stage, seconds=timings[stage])
             _log(f"stage {stage}: finished in {timings[stage]} s")
-        _log(f"run finished in {time.time() - started:.0f} s: {self.out / 'report.html'}")
-        return json.loads((self.out / "metrics.json").read_text())
+        _log(f"run finished in {time.time() - started:.0f} s: {self.layout.report}")
+        return json.loads(self.layout.metrics.read_text())
 
     # -- stages ---------------------------------------------------------------------------------
 
     def stage_cluster(self) -> None:
         from hetdiff.data.montage import montage_rows
         from hetdiff.data.partition import cluster_dataset, random_partition
+        from hetdiff.pipeline.cluster import MONTAGE_PER_ROW, cluster_montage_rows
 
         c = self.config.cluster
         if c.random:
@@ -187,11 +184,8 @@ class Run:
                 self.dataset, c.k, c.fine, c.features, self.config.seed, c.balanced
             )
         partition.save(str(self.partition_path))
-        rows = []
-        for k in range(c.k):
-            ids = partition.ids_of(k)[:12]
-            rows.append(self.dataset.subset(ids).images)
-        montage_rows(rows, str(self.out / "clusters.png"))
+        rows = cluster_montage_rows(partition, self.dataset, MONTAGE_PER_ROW, self.config.seed)
+        montage_rows(rows, str(self.layout.clusters_montage))  # as `hetdiff cluster` picks them
         _log(f"cluster sizes: {list(partition.sizes)}")
 
     def stage_experts(self) -> None:
@@ -234,28 +228,36 @@ class Run:
             return False
 
     def _launch_expert(self, k: int, threads: int):
+        """Write ``expert-k/job.json`` (an ``ExpertJob``: the run's settings for expert k with
+        seed ``seed + k``, 4 checkpoints and the run's conditioning) and start
+        ``python -m hetdiff.training.jobs`` on it in its own process, logging to stdout.log."""
+        import dataclasses
+
+        from hetdiff.training.jobs import ExpertJob
+
         e = self.config.experts[k]
         folder = self.expert_dir(k)
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable, "-m", "hetdiff", "train-expert",
-            "--data", self.config.data, "--resolution", str(self.config.resolution),
-            "--objective", e.objective, "--prediction", e.prediction,
-            "--model", e.model, "--steps", str(e.steps), "--batch-size", str(e.batch_size),
-            "--lr", str(e.lr), "--seed", str(self.config.seed + k),
-            "--checkpoint-every", str(max(1, e.steps // 4)),
-            "--partition", str(self.partition_path), "--cluster", str(k),
-            "--out", str(folder), "--no-progress",
-        ]  # fmt: skip
-        if e.objective == "ddpm":
-            cmd += ["--schedule", e.schedule or "linear"]
-        if self.config.text_encoder is not None:
-            cmd += ["--text-encoder", self.config.text_encoder]
-        elif not self.config.class_conditional:
-            cmd.append("--unconditional")
-        if (folder / "train_state").is_dir():
-            cmd.append("--resume")
+        settings = dataclasses.replace(
+            e,
+            seed=self.config.seed + k,
+            checkpoint_every=max(1, e.steps // 4),
+            progress=False,
+            class_conditional=self.config.class_conditional,
+            text_encoder=self.config.text_encoder,
+        )
+        resume = (folder / "train_state").is_dir()
+        job = ExpertJob(
+            data=self.config.data, out=str(folder), settings=settings,
+            resolution=self.config.resolution, partition=str(self.partition_path), cluster=k,
+            resume=resume,
+        )  # fmt: skip
+        job_path = folder / "job.json"
+        with atomic_path(job_path) as tmp:
+            tmp.write_text(job.to_json())
+        if resume:
             _log(f"expert {k}: resuming from its last checkpoint")
+        cmd = [sys.executable, "-m", "hetdiff.training.jobs", str(job_path)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         log = open(folder / "stdout.log", "a")
         _log(
@@ -267,94 +269,45 @@ class Run:
         return k, proc, log
 
     def stage_router(self) -> None:
-        from hetdiff.data.partition import Partition
-        from hetdiff.models.router import RouterConfig as RouterNetConfig
-        from hetdiff.models.router import train_router
-        from hetdiff.training.loop import TrainConfig
+        import dataclasses
 
-        partition = Partition.load(str(self.partition_path))
-        ds = self.dataset
-        text = self.config.text_encoder
-        num_classes = ds.num_classes if self.config.class_conditional else 0
-        net_config = RouterNetConfig(
-            partition.k, ds.resolution, ds.channels, num_classes=num_classes
-        )
-        if text is not None:  # train_router sizes a text router for its encoder's tokens
-            net_config = None
-        r = self.config.router
+        from hetdiff.data.partition import Partition
+        from hetdiff.training.router import train_router
+
+        # the run's seed; no progress bar inside `hetdiff run` (as for the experts)
+        settings = dataclasses.replace(self.config.router, seed=self.config.seed, progress=False)
         train_router(
-            ds,
-            partition,
-            r.steps,
+            self.dataset,
+            Partition.load(str(self.partition_path)),
             self.router_dir,
-            config=net_config,
-            train_config=TrainConfig(
-                steps=r.steps,
-                batch_size=r.batch_size,
-                lr=r.lr,
-                warmup_steps=min(50, r.steps),
-                checkpoint_every=max(1, r.steps // 2),
-                seed=self.config.seed,
-                progress=False,
-            ),
+            settings,
+            class_conditional=self.config.class_conditional,
+            text_encoder=self.config.text_encoder,
             resume=(self.router_dir / "train_state").is_dir(),
-            text_encoder=text,
         )
 
     def stage_sample(self) -> None:
-        from safetensors.torch import save_file
-
+        """``n`` samples per strategy and per expert (``pipeline.samples.draw_samples``), saved as
+        ``samples/<name>.safetensors`` with a grid ``samples/<name>.png`` of the first
+        ``sample.n``; text runs also write one grid per prompt."""
         from hetdiff.data.montage import save_grid
-        from hetdiff.experts.build import load_velocity_model
-        from hetdiff.io import atomic_path
-        from hetdiff.sampling.ensemble import load_ensemble
-        from hetdiff.sampling.generate import draw_conditions, generate
+        from hetdiff.pipeline.samples import draw_samples
+        from hetdiff.sampling.files import save_samples
 
         s = self.config.sample
-        text = self.config.text_encoder
-        shape = (self.dataset.channels, self.config.resolution, self.config.resolution)
         n = max(s.n, self.config.evaluate.n)
-        seeds = list(range(10_000, 10_000 + n))
-        # text runs sample with the drawn rows' captions and keep their labels for the metrics
-        labels, captions = draw_conditions(
-            self.dataset, n, self.config.seed, text, self.config.class_conditional
+        drawn = draw_samples(
+            self.experts_dir, self.router_dir, self.dataset, s, n, self.config.seed, log=_log
         )
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
-        # (name, velocity, labels to sample with and store, captions to sample with, cfg)
-        jobs: list[tuple[str, Any, torch.Tensor | None, Any, float]] = []
-        for strategy in s.strategies:
-            ens = load_ensemble(
-                self.experts_dir, self.router_dir, strategy=strategy, top_k=s.top_k,
-                seed=self.config.seed, record=strategy == "full",
-            )  # fmt: skip
-            jobs.append((strategy, ens, labels, captions, s.cfg))
-        for k in range(len(self.config.experts)):
-            velocity, _ = load_velocity_model(self.expert_dir(k) / "expert.safetensors")
-            if text is not None:  # each expert alone, unconditional (the null caption)
-                jobs.append((f"expert-{k}", velocity, None, None, 1.0))
-                continue
-            null = None if labels is None else torch.full_like(labels, -1)
-            jobs.append((f"expert-{k}", velocity, null, None, s.cfg))
-        for name, velocity, lab, cond, cfg in jobs:
-            t0 = time.time()
-            images = generate(
-                velocity, shape, seeds, s.steps, s.solver, None if cond is not None else lab,
-                cfg, cond=cond,
-            )  # fmt: skip
-            _log(f"sampled {n} images with {name} in {time.time() - t0:.1f} s")
-            save_grid(images[: s.n].clamp(-1, 1), str(self.samples_dir / f"{name}.png"))
-            tensors = {"images": images.float().contiguous()}
-            if lab is not None:
-                tensors["labels"] = lab.contiguous()
-            with atomic_path(self.samples_dir / f"{name}.safetensors") as tmp:
-                save_file(tensors, str(tmp))
-            if getattr(velocity, "recorded", None):
-                # router weights over t for the first 4 samples (the full strategy records them)
-                t_values = [float(t[0]) for t, _ in velocity.recorded]
-                weights = [w[:4].tolist() for _, w in velocity.recorded]
-                atomic_write_json(self.samples_dir / "router_weights.json",
-                                  {"t": t_values, "weights": weights})  # fmt: skip
-        if text is not None:
+        named = [*drawn.strategies.items()]
+        named += [(f"expert-{k}", samples) for k, samples in sorted(drawn.experts.items())]
+        for name, samples in named:
+            save_grid(samples.images[: s.n].clamp(-1, 1), str(self.samples_dir / f"{name}.png"))
+            save_samples(self.samples_dir / f"{name}.safetensors", samples)
+        if drawn.router_weights is not None:
+            atomic_write_json(self.samples_dir / "router_weights.json", drawn.router_weights)
+        if self.config.text_encoder is not None:
+            shape = (self.dataset.channels, self.config.resolution, self.config.resolution)
             self._sample_prompts(shape)
 
     def _sample_prompts(self, shape: tuple[int, int, int]) -> None:
@@ -387,15 +340,21 @@ class Run:
         )
 
     def stage_evaluate(self) -> None:
-        from hetdiff.metrics.evaluate import evaluate_run
+        from hetdiff.data.partition import Partition
+        from hetdiff.pipeline.evaluate import evaluate_saved_samples
 
-        metrics = evaluate_run(self)
-        atomic_write_json(self.out / "metrics.json", metrics)
+        cfg = self.config
+        metrics = evaluate_saved_samples(
+            self.samples_dir, self.experts_dir, self.router_dir, self.dataset,
+            Partition.load(str(self.partition_path)), cfg.evaluate, cfg.sample, cfg.seed,
+        )  # fmt: skip
+        atomic_write_json(self.layout.metrics, {**metrics, "config": cfg.to_dict()})
 
     def stage_report(self) -> None:
+        from hetdiff.pipeline.artifacts import run_record
         from hetdiff.report.html import write_report
 
-        write_report(self)
+        write_report(run_record(self.config, self.layout), self.layout.report)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -407,10 +366,3 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except OSError:
         pass
-
-
-def load_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    return tensors["images"], tensors.get("labels")

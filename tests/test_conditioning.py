@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hetdiff.errors import HetdiffError
-from hetdiff.models.conditioning import (
+from hetdiff.conditioning import (
     NULL_CLASS,
     Conditioning,
     as_conditioning,
     drop_labels,
 )
+from hetdiff.errors import HetdiffError
 
 
 def _text_cond(batch: int = 3, length: int = 4, width: int = 5) -> Conditioning:

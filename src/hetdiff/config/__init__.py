@@ -1,0 +1,44 @@
+"""Everything a user asks for, with every default once: settings types, presets, loading.
+
+``settings.py`` holds the frozen settings types and the names a user may choose from,
+``loading.py`` reads a run config (file, preset, overrides) and validates it as a whole,
+``fields.py`` the shared field checks.
+"""
+
+from hetdiff.config.fields import build_settings
+from hetdiff.config.loading import load_config, read_config_file, validate_run
+from hetdiff.config.settings import (
+    EVALUATE_STRATEGIES,
+    MIXED_PRECISION,
+    PRESETS,
+    QUICK,
+    SOLVERS,
+    STRATEGIES,
+    TIME_SAMPLINGS,
+    ClusterSettings,
+    EvalSettings,
+    ExpertSettings,
+    RouterSettings,
+    RunConfig,
+    SampleSettings,
+)
+
+__all__ = [
+    "EVALUATE_STRATEGIES",
+    "MIXED_PRECISION",
+    "PRESETS",
+    "QUICK",
+    "SOLVERS",
+    "STRATEGIES",
+    "TIME_SAMPLINGS",
+    "ClusterSettings",
+    "EvalSettings",
+    "ExpertSettings",
+    "RouterSettings",
+    "RunConfig",
+    "SampleSettings",
+    "build_settings",
+    "load_config",
+    "read_config_file",
+    "validate_run",
+]

@@ -1,0 +1,244 @@
+"""Frozen settings for everything a user asks for; every default lives here, once.
+
+The *Settings types say what a job asks for (one expert, the router, sampling, evaluation, the
+clusters); ``RunConfig`` composes them into one ``hetdiff run``; ``QUICK`` is the ``--quick``
+preset. Architecture configs (``DiTConfig``, the router's ``RouterConfig``) and the training
+loop's ``TrainConfig`` live beside their code: they are built from these settings.
+
+Every type checks its own field types and ranges on construction (one-line ``HetdiffError``),
+and ``validate_run`` checks a whole run (names of strategies, solvers, schedules, predictions,
+models, resolution against the patch size, K against the experts) before any stage starts.
+A config file (TOML, YAML or JSON) overrides any subset of fields; unknown keys are refused with
+the nearest valid key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from hetdiff.config.fields import at_least, build_settings, check_fields, in_unit, one_of
+from hetdiff.errors import HetdiffError
+from hetdiff.objectives.kinds import DDPM, FLOW, resolve_objective
+from hetdiff.objectives.losses import TIME_SAMPLINGS  # flow training: p(t), defined by the loss
+
+# The names a user may ask for; the code that implements each set imports it from here
+# (objectives, models and data sit below config, so their names are imported from them).
+STRATEGIES = ("full", "top-k", "top1", "sample")  # how the router's weights pick experts
+EVALUATE_STRATEGIES = ("top1", "full")  # what `hetdiff evaluate` measures by default
+SOLVERS = ("euler", "heun")  # ODE solvers on the flow path
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How the data is split into K clusters (one expert each)."""
+
+    k: int = 4  # number of clusters = number of experts
+    fine: int = 64  # fine k-means centroids (first stage)
+    features: str = "efficientnet-lite0@64"  # encoder key: efficientnet-lite0@<px> or "pixels"
+    balanced: bool = True  # balance coarse cluster sizes
+    random: bool = False  # random partition instead of feature clusters (a baseline)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 2, "k")
+        at_least(self, 1, "fine")
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    """What one expert's owner asks for: objective, network and optimization.
+
+    ``prediction`` None is the objective's own (velocity for flow, eps for ddpm); ``schedule``
+    None is linear for ddpm and must stay None for flow. Both are resolved on construction, so
+    ``to_dict`` shows what will train.
+    """
+
+    objective: str = FLOW  # FLOW or DDPM (hetdiff.objectives.kinds.OBJECTIVES)
+    prediction: str | None = None  # flow: velocity; ddpm: eps | x0 | v
+    schedule: str | None = None  # ddpm: linear | cosine | scaled_linear
+    model: str = "tiny"  # a named DiT config (hetdiff.models.dit.DIT_CONFIGS)
+    learned_variance: bool = False  # ddpm: extra variance output channels (not trained)
+    class_conditional: bool = True  # condition on class labels (with CFG label dropout)
+    label_dropout: float = 0.1  # P(label -> null class), or P(caption -> null), in training
+    text_encoder: str | None = None  # caption-conditioned: "hash" | "minilm" | encoder folder
+    caption_seed: int = 0  # seeds each sample's caption template (hetdiff.data.captions)
+    time_sampling: str = "logit_normal"  # flow: uniform | logit_normal
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    seed: int = 0
+    mixed_precision: str = "auto"  # no | bf16 | fp16 | auto
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        objective, prediction, schedule = resolve_objective(
+            self.objective, self.prediction, self.schedule, self.learned_variance,
+            f"{type(self).__name__}.",
+        )  # fmt: skip
+        object.__setattr__(self, "prediction", prediction)
+        object.__setattr__(self, "schedule", schedule)
+        at_least(self, 1, "steps", "batch_size", "checkpoint_every")
+        at_least(self, 0, "warmup_steps", "grad_clip", "caption_seed", "seed")
+        in_unit(self, "label_dropout", "ema_decay")
+        if self.lr <= 0:
+            raise HetdiffError(f"ExpertSettings.lr must be a positive number, got {self.lr!r}")
+        one_of(self, "time_sampling", TIME_SAMPLINGS)
+        one_of(self, "mixed_precision", MIXED_PRECISION)
+        if self.text_encoder is not None and not self.text_encoder.strip():
+            raise HetdiffError("ExpertSettings.text_encoder must be a name or a folder, not empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExpertSettings:
+        return build_settings(cls, values, "expert.")
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The router's size and training; one policy for ``train-router`` and ``hetdiff run``."""
+
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 2e-3
+    hidden: int = 32  # conv width (a multiple of 8)
+    warmup_steps: int = 50  # capped at ``steps``
+    checkpoint_every: int | None = None  # None: every steps // 2 (at least 1)
+    label_dropout: float = 0.1  # P(condition -> null), as the experts drop theirs
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 1, "steps", "batch_size")
+        at_least(self, 0, "warmup_steps", "seed")
+        in_unit(self, "label_dropout")
+        if self.lr <= 0:
+            raise HetdiffError(f"RouterSettings.lr must be a positive number, got {self.lr!r}")
+        if self.hidden < 8 or self.hidden % 8:
+            raise HetdiffError(f"RouterSettings.hidden must be a multiple of 8, got {self.hidden}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise HetdiffError(
+                f"RouterSettings.checkpoint_every must be >= 1 or null, got {self.checkpoint_every}"
+            )
+
+    @property
+    def resolved_warmup_steps(self) -> int:
+        return min(self.warmup_steps, self.steps)
+
+    @property
+    def resolved_checkpoint_every(self) -> int:
+        return self.checkpoint_every or max(1, self.steps // 2)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How samples are drawn from an ensemble."""
+
+    n: int = 64  # samples per strategy
+    steps: int = 30
+    solver: str = "heun"
+    strategies: tuple[str, ...] = ("top1", "full", "top-k", "sample")
+    top_k: int = 2
+    cfg: float = 1.0  # classifier-free guidance scale (1 = conditional velocity)
+    # text runs only: one grid per prompt from the first strategy; None = one per class (<= 8)
+    prompts: tuple[str, ...] | None = None
+    per_prompt: int = 16  # images in each prompt's grid
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 1, "n", "steps", "top_k", "per_prompt")
+        one_of(self, "solver", SOLVERS)
+        if not self.strategies:
+            raise HetdiffError("SampleSettings.strategies must list at least one strategy")
+        for name in self.strategies:
+            if name not in STRATEGIES:
+                close = difflib.get_close_matches(name, STRATEGIES, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(STRATEGIES)}"
+                raise HetdiffError(f"unknown strategy {name!r} in sample.strategies; {hint}")
+        if self.prompts is not None and (
+            not self.prompts or not all(p.strip() for p in self.prompts)
+        ):
+            raise HetdiffError(
+                f"sample.prompts must be a non-empty list of non-empty strings, got "
+                f"{list(self.prompts)}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What ``evaluate`` measures, and on how many images."""
+
+    n: int = 128  # samples per FID estimate (InceptionV3 runs ~10 images/s on 2 CPU cores)
+    fid: bool = True
+    reference_n: int = 500  # real images for the reference statistics (cached per data set)
+    per_expert: bool = True  # also FID of each expert alone (against the data and its cluster)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 1, "n", "reference_n")
+
+
+def _default_experts() -> tuple[ExpertSettings, ...]:
+    # the default mixes objectives: 2 DDPM experts on different schedules, 2 flow experts,
+    # 600 steps each (the default run's budget: about 8 minutes on 2 cores in all)
+    return (
+        ExpertSettings(objective=DDPM, prediction="eps", schedule="linear", steps=600),
+        ExpertSettings(objective=FLOW, steps=600),
+        ExpertSettings(objective=DDPM, prediction="v", schedule="cosine", steps=600),
+        ExpertSettings(objective=FLOW, steps=600),
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``hetdiff run``: the data, the clusters, one ``ExpertSettings`` per cluster, the
+    router, sampling and evaluation. The pipeline gives expert k the seed ``seed + k``, the run's
+    conditioning (``class_conditional``, ``text_encoder``) and 4 checkpoints."""
+
+    data: str = "mnist5k+animal-mnist"
+    resolution: int = 16
+    seed: int = 0
+    workers: int = 2  # experts trained in parallel, each in its own process
+    class_conditional: bool = True
+    # captions instead of class labels for experts and router: "hash" | "minilm" | a folder
+    text_encoder: str | None = None
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    experts: tuple[ExpertSettings, ...] = field(default_factory=_default_experts)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    evaluate: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 1, "workers")
+        at_least(self, 4, "resolution")
+        at_least(self, 0, "seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# `hetdiff run --quick`: a two-minute run (pixel clusters, 60 steps per expert, no FID)
+QUICK: dict[str, Any] = {
+    "resolution": 16,
+    "cluster": {"k": 2, "fine": 16, "features": "pixels"},
+    "experts": [
+        {"objective": DDPM, "prediction": "eps", "schedule": "linear", "steps": 60},
+        {"objective": FLOW, "steps": 60},
+    ],
+    "router": {"steps": 60},
+    "sample": {"n": 16, "steps": 8, "strategies": ["top1", "full"]},
+    "evaluate": {"n": 16, "fid": False},  # FID at n = 16 would say nothing and cost a minute
+}
+PRESETS = {"quick": QUICK}

@@ -1,0 +1,99 @@
+"""Draw the samples a run is judged on: each strategy of the ensemble, and each expert alone.
+
+One loop for ``hetdiff run``'s sample stage and ``hetdiff evaluate``: the same seeds
+(10000 + i), the same conditions (labels or captions of rows drawn from the data), the same
+solver, so the two commands measure the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hetdiff.config import SampleSettings
+from hetdiff.experts.build import load_velocity_model
+from hetdiff.experts.store import list_experts
+from hetdiff.sampling.ensemble import load_ensemble
+from hetdiff.sampling.files import SampleSet
+from hetdiff.sampling.generate import draw_conditions, generate
+
+FIRST_SEED = 10_000  # image i of every model starts from seeded_noise(FIRST_SEED + i)
+
+
+@dataclass(frozen=True)
+class DrawnSamples:
+    """What ``draw_samples`` returns: samples per strategy name, per expert (keyed by the cluster
+    its spec serves), and the full strategy's recorded router weights (t list, (steps, 4, K))."""
+
+    strategies: dict[str, SampleSet]
+    experts: dict[int, SampleSet]
+    expert_paths: dict[int, Path]
+    router_weights: dict[str, Any] | None = None
+
+
+def draw_samples(
+    experts_dir: str | Path,
+    router: str | Path,
+    dataset: Any,
+    settings: SampleSettings,
+    n: int,
+    seed: int,
+    strategies: tuple[str, ...] | None = None,
+    per_expert: bool = True,
+    log: Callable[[str], None] = print,
+) -> DrawnSamples:
+    """``n`` samples from every strategy in ``strategies`` (default ``settings.strategies``) and,
+    with ``per_expert``, from each expert of ``experts_dir`` alone.
+
+    The ensemble samples with labels (or captions) of ``n`` rows drawn from ``dataset`` with
+    ``seed`` and guidance ``settings.cfg``; an expert alone samples unconditionally (the null
+    label; a text expert the null caption at guidance 1). Experts are named by the cluster id in
+    their spec, not by their file names.
+    """
+    entries = list_experts(experts_dir)
+    spec = entries[0][1]
+    shape = (spec.channels, spec.resolution, spec.resolution)
+    seeds = list(range(FIRST_SEED, FIRST_SEED + n))
+    text = spec.text_encoder
+    labels, captions = draw_conditions(dataset, n, seed, text, bool(spec.num_classes))
+    drawn_strategies: dict[str, SampleSet] = {}
+    weights = None
+    for strategy in strategies or settings.strategies:
+        record = strategy == "full"
+        ens = load_ensemble(
+            experts_dir, router, strategy=strategy, top_k=settings.top_k, seed=seed, record=record
+        )
+        t0 = time.time()
+        images = generate(
+            ens, shape, seeds, settings.steps, settings.solver,
+            None if captions is not None else labels, settings.cfg, cond=captions,
+        )  # fmt: skip
+        log(f"sampled {n} images with {strategy} in {time.time() - t0:.1f} s")
+        drawn_strategies[strategy] = SampleSet(images, labels)
+        if record and ens.recorded:  # router weights over t of the first 4 samples
+            weights = {
+                "t": [float(t[0]) for t, _ in ens.recorded],
+                "weights": [w[:4].tolist() for _, w in ens.recorded],
+            }
+    drawn_experts: dict[int, SampleSet] = {}
+    paths: dict[int, Path] = {}
+    for path, expert_spec in entries:
+        cluster = expert_spec.cluster_id
+        paths[cluster] = Path(path)
+        if not per_expert:
+            continue
+        velocity, _ = load_velocity_model(path)
+        if text is not None or labels is None:  # text: the null caption, no guidance
+            null, cfg = None, 1.0
+        else:
+            null, cfg = torch.full_like(labels, -1), settings.cfg
+        t0 = time.time()
+        images = generate(velocity, shape, seeds, settings.steps, settings.solver, null, cfg)
+        log(f"sampled {n} images with expert-{cluster} in {time.time() - t0:.1f} s")
+        drawn_experts[cluster] = SampleSet(images, null)
+    return DrawnSamples(drawn_strategies, drawn_experts, paths, weights)

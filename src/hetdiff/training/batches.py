@@ -1,0 +1,131 @@
+"""What the training loop feeds its loss: epochs, target columns and micro-batches.
+
+The training data is ``images`` (N, C, H, W) float with ``targets``: None, one (N,) int64 column
+(class labels, caption ids), or a tuple of (N,) int64 columns (the router's cluster ids and
+condition ids). A batch slices every column with the same rows, so the loss receives the same
+structure with B rows.
+
+Epoch e visits ``randperm(N)`` drawn from a generator seeded by (seed, e); one optimizer step
+takes the next ``batch_size`` indices and splits them over ``grad_accum`` micro-steps and
+``world`` ranks: micro-step j on rank r takes ``block[j*m:(j+1)*m][r::world]``, m =
+batch_size / grad_accum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from hetdiff.errors import HetdiffError
+
+Targets = Tensor | tuple[Tensor, ...] | None
+"""None, one (N,) int64 column, or a tuple of (N,) int64 columns."""
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, e.g. (seed, "noise", rank); stable across runs."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> Tensor:
+    """The visiting order of epoch ``epoch``: randperm from a generator seeded by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    return torch.randperm(num_items, generator=generator)
+
+
+def target_columns(targets: Targets) -> tuple[Tensor | None, ...]:
+    """The tensors a data fingerprint covers after the images: ``(None,)``, ``(column,)`` or the
+    tuple itself (so one column hashes exactly as it always has)."""
+    return targets if isinstance(targets, tuple) else (targets,)
+
+
+def select_rows(targets: Targets, rows: Tensor, device: torch.device) -> Targets:
+    """``targets`` restricted to ``rows`` (B,) on ``device``, in the same structure."""
+    if targets is None:
+        return None
+    if isinstance(targets, tuple):
+        return tuple(column[rows].to(device, non_blocking=True) for column in targets)
+    return targets[rows].to(device, non_blocking=True)
+
+
+def check_inputs(
+    images: Tensor, targets: Targets, batch_size: int, grad_accum: int, world: int
+) -> None:
+    """One-line errors for data the loop cannot train on (shapes, dtypes, batch split)."""
+    if images.ndim != 4 or not images.is_floating_point():
+        raise HetdiffError(
+            f"images must be a float tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    n = images.shape[0]
+    if isinstance(targets, tuple):
+        if not targets:
+            raise HetdiffError("a tuple of target columns needs at least one column")
+        for i, column in enumerate(targets):
+            if (
+                not isinstance(column, Tensor)
+                or column.shape != (n,)
+                or column.dtype != torch.int64
+            ):
+                shown = (
+                    f"{column.dtype} {tuple(column.shape)}"
+                    if isinstance(column, Tensor)
+                    else type(column).__name__
+                )
+                raise HetdiffError(f"target column {i} must be int64 of shape ({n},), got {shown}")
+    elif targets is not None and (targets.shape != (n,) or targets.dtype != torch.int64):
+        raise HetdiffError(
+            f"labels must be int64 of shape ({n},), got {targets.dtype} {tuple(targets.shape)}"
+        )
+    split = world * grad_accum
+    if batch_size % split:
+        raise HetdiffError(
+            f"batch_size {batch_size} is not divisible by processes x grad_accum = {split}"
+        )
+    if n < batch_size:
+        raise HetdiffError(f"the data has {n} images, fewer than batch_size {batch_size}")
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    images: Tensor,
+    targets: Targets,
+    block: Tensor,
+    loss_fn: Callable[[nn.Module, Tensor, Targets, torch.Generator], Tensor],
+    noise: torch.Generator,
+    grad_accum: int,
+    accelerator: Accelerator,
+) -> Tensor:
+    """Backpropagate one optimizer step's global batch ``block`` (indices) in micro-steps.
+
+    Micro-step j takes rows ``block[j*m:(j+1)*m][rank::world]`` (m = len(block) / grad_accum)
+    and backpropagates mean(loss) / grad_accum; DDP averages over ranks on the last micro-step
+    only. Returns the step's loss (mean over the global batch) as a 0-d tensor.
+    """
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    micro = block.shape[0] // grad_accum
+    step_loss = torch.zeros((), device=device)
+    for j in range(grad_accum):
+        rows = block[j * micro : (j + 1) * micro][rank::world]
+        x0 = images[rows].to(device, non_blocking=True)
+        y = select_rows(targets, rows, device)
+        last_micro = j == grad_accum - 1
+        sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
+        with sync:
+            per_sample = loss_fn(model, x0, y, noise)
+            if per_sample.shape != (x0.shape[0],):
+                raise HetdiffError(
+                    f"loss_fn must return a per-sample loss of shape ({x0.shape[0]},), got "
+                    f"{tuple(per_sample.shape)}"
+                )
+            loss = per_sample.float().mean()
+            accelerator.backward(loss / grad_accum)
+        step_loss += loss.detach() / grad_accum
+    if world > 1:
+        step_loss = accelerator.reduce(step_loss, reduction="mean")
+    return step_loss

@@ -1,0 +1,89 @@
+"""What a resumed run must share with the state it continues: optimization math, precision,
+process count and data (a fingerprint of every training tensor).
+
+A resume that differs in any of these would not continue the same optimization, so it is
+refused with a one-line error naming the field and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hetdiff.errors import HetdiffError
+from hetdiff.training.batches import Targets, target_columns
+
+# TrainConfig fields whose change alters the optimization; a resume must keep them.
+RESUME_FIXED_FIELDS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "betas",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup",
+    "grad_accum",
+    "seed",
+)
+
+
+def data_fingerprint(images: Tensor, targets: Targets) -> str:
+    """sha256 over the shapes, dtypes and bytes of the training tensors (first 16 hex digits).
+
+    Covers ``images`` and every target column in order; one column (or None) hashes exactly as
+    before multi-column targets existed, so older training states still resume.
+    """
+    digest = hashlib.sha256()
+    for tensor in (images, *target_columns(targets)):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_resume(
+    meta: dict[str, Any],
+    config: dict[str, Any],
+    steps: int,
+    precision: str,
+    world: int,
+    fingerprint: str,
+    directory: Path,
+) -> None:
+    """Refuse to resume the state ``meta`` (from ``directory``) with another ``config`` (the
+    ``TrainConfig.to_dict()`` of this run), precision, world size or data fingerprint, or when
+    the state is already past ``steps``."""
+    saved = meta["config"]
+    for name in RESUME_FIXED_FIELDS:
+        if saved.get(name) != config[name]:
+            raise HetdiffError(
+                f"cannot resume: {name} is {config[name]!r} but the state in {directory} was "
+                f"trained with {saved.get(name)!r}; pass the same {name} or start a new run"
+            )
+    if meta["mixed_precision"] != precision:
+        raise HetdiffError(
+            f"cannot resume: mixed_precision resolves to {precision!r} but the state was trained "
+            f"with {meta['mixed_precision']!r}; pass --mixed-precision {meta['mixed_precision']}"
+        )
+    if meta["world_size"] != world:
+        raise HetdiffError(
+            f"cannot resume: the state in {directory} was trained by {meta['world_size']} "
+            f"processes, this run has {world}; relaunch with {meta['world_size']}"
+        )
+    if meta["data_fingerprint"] != fingerprint:
+        raise HetdiffError(
+            f"cannot resume: the training data differs from the run in {directory} (fingerprint "
+            f"{fingerprint} vs {meta['data_fingerprint']}); resume with the same data"
+        )
+    if meta["step"] > steps:
+        raise HetdiffError(
+            f"cannot resume: the state is at step {meta['step']}, beyond steps={steps}"
+        )
