@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hetdiff.config import ClusterSettings, RunConfig, load_config
+from hetdiff.config import ClusterSettings, DistillSettings, RunConfig, load_config
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.experts.store import read_spec
 from hetdiff.io import atomic_write_json, default_cache_dir
@@ -43,7 +43,6 @@ from hetdiff.pipeline import Run
 from hetdiff.pipeline.distill import distill_command
 from hetdiff.sampling.ensemble import load_ensemble
 from hetdiff.sampling.generate import generate
-from hetdiff.training.distill import DistillSettings
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:

@@ -124,8 +124,10 @@ def test_bad_distillation_inputs_are_one_line_errors(registry, tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "the experts record data specs ['digits', 'mnist5k']" in err and "\n" not in err
-    with pytest.raises(HetdiffError, match="unknown ensemble strategy"):
-        from hetdiff.pipeline.distill import distill_command
-        from hetdiff.training.distill import DistillSettings
+    from hetdiff.config import DistillSettings
 
-        distill_command(experts, router, tmp_path / "s3", DistillSettings(strategy="best"))
+    # a bad strategy is refused when the settings are built, before any ensemble is loaded
+    with pytest.raises(
+        HetdiffError, match="DistillSettings.strategy 'best' is unknown; use one of"
+    ):
+        DistillSettings(strategy="best")

@@ -9,7 +9,7 @@ from hetdiff.models.dit import DIT_CONFIGS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from hetdiff.training.distill import DistillSettings
+    from hetdiff.config import DistillSettings
 
     d = DistillSettings()
     p = subparsers.add_parser(
@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetdiff.config import DistillSettings
     from hetdiff.pipeline.distill import distill_command
-    from hetdiff.training.distill import DistillSettings
 
     settings = DistillSettings(
         model=args.model,

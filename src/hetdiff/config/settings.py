@@ -189,6 +189,37 @@ class EvalSettings:
         at_least(self, 1, "n", "reference_n")
 
 
+@dataclass(frozen=True)
+class DistillSettings:
+    """A dense student distilled from an ensemble, and its optimization."""
+
+    model: str = "tiny"  # named DiT config of the student
+    strategy: str = "full"  # the teacher's routing strategy (one of STRATEGIES)
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    label_dropout: float = 0.1  # P(label -> null) for classifier-free guidance
+    time_sampling: str = "uniform"  # uniform | logit_normal, mapped into the teacher's t_range
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 | auto
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 1, "steps", "batch_size", "checkpoint_every")
+        at_least(self, 0, "warmup_steps", "grad_clip", "seed")
+        in_unit(self, "label_dropout", "ema_decay")
+        if self.lr <= 0:
+            raise HetdiffError(f"DistillSettings.lr must be a positive number, got {self.lr!r}")
+        one_of(self, "strategy", STRATEGIES)
+        one_of(self, "time_sampling", TIME_SAMPLINGS)
+        one_of(self, "mixed_precision", MIXED_PRECISION)
+
+
 def _default_experts() -> tuple[ExpertSettings, ...]:
     # the default mixes objectives: 2 DDPM experts on different schedules, 2 flow experts,
     # 600 steps each (the default run's budget: about 8 minutes on 2 cores in all)

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from hetdiff.config import DistillSettings
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.store import list_experts
 from hetdiff.io import atomic_write_json
 from hetdiff.sampling.ensemble import load_ensemble
-from hetdiff.training.distill import DistillSettings, distill, union_dataset
+from hetdiff.training.distill import distill, union_dataset
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -20,7 +20,6 @@ model that ``hetdiff sample --expert`` uses in place of K experts and a router.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 import hetdiff
+from hetdiff.config import DistillSettings
 from hetdiff.errors import HetdiffError
 from hetdiff.objectives.kinds import FLOW, default_prediction
 from hetdiff.objectives.losses import LossFn, sample_flow_times
@@ -37,32 +37,6 @@ from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, FlowVelocity
 VelocityFn = Callable[[Tensor, Tensor, Any], Tensor]  # teacher(x_t, t, cond) -> velocity
 
 STUDENT_FILE = "expert.safetensors"
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """The student and its optimization. Defaults live here only."""
-
-    model: str = "tiny"  # named DiT config of the student
-    strategy: str = "full"  # the teacher's routing strategy (hetdiff.config.STRATEGIES)
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
-    label_dropout: float = 0.1  # P(label -> null) for classifier-free guidance
-    time_sampling: str = "uniform"  # uniform | logit_normal, mapped into the teacher's t_range
-    seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16 | auto
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise HetdiffError(f"DistillSettings.{name} must be >= 1, got {value!r}")
 
 
 def distill_loss_fn(
