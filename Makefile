@@ -18,7 +18,7 @@ OUT    ?= runs/demo
 # The layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
 LINT_IMPORTS := $(VENV)/bin/lint-imports --no-cache --no-logo
 
-.PHONY: setup demo test test-slow lint contracts bench clean
+.PHONY: setup demo test test-slow lint contracts bench docs clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ lint: setup
 
 contracts: setup
 	$(LINT_IMPORTS)
+
+# The documentation site, offline, into site/: any warning fails it (mkdocs.yml, docs/; the
+# packages are in the dev and docs extras).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -45,6 +45,7 @@ strategies = ["top1", "full"]
 [evaluate]
 n = 8
 fid = false
+judge = false
 """
 
 

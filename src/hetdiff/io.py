@@ -7,6 +7,7 @@ A reader never sees a half-written artifact: either the old file or the complete
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hetdiff.errors import HetdiffError
+
+TEMP_SUFFIX = ".tmp"  # atomic_path's temporary files: .NAME.<random>.tmp beside NAME
 
 
 def default_cache_dir() -> Path:
@@ -27,24 +30,63 @@ def default_cache_dir() -> Path:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    The file gets the permissions a new file gets under the umask (0o666 & ~umask), set after
+    the writer is done (writers such as safetensors may recreate the file owner-only). On any
+    exception the temporary file is removed and ``path`` is left untouched; an ``OSError``
+    (permission, disk full ENOSPC, file-size limit EFBIG, ...) becomes a one-line
+    ``HetdiffError`` naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except OSError as err:
+        raise HetdiffError(f"cannot write {target}: {describe_os_error(err)}") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than one call)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: its strerror plus a hint for a full disk or a size limit."""
+    text = err.strerror or str(err).splitlines()[0] or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        return f"{text}; free space on that disk or choose another --out"
+    if err.errno == errno.EFBIG:
+        return f"{text}; the file-size limit (ulimit -f) is too small for it"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{text}; choose a folder you can write"
+    return text
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_path`` left in ``folder`` (``.NAME.*.tmp``);
+    returns them. Call only where no other process is writing into ``folder``."""
+    removed = []
+    directory = Path(folder)
+    if directory.is_dir():
+        for stale in directory.glob(f".*{TEMP_SUFFIX}"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -96,3 +138,38 @@ def read_url_bytes(path_or_url: str, what: str, hint: str = "") -> bytes:
         raise HetdiffError(f"{what} {path_or_url} not found{'; ' + hint if hint else ''}") from err
     except (OSError, ValueError, ImportError) as err:
         raise HetdiffError(f"cannot read {what} {path_or_url}: {err}".splitlines()[0]) from err
+
+
+def check_output(path: str | os.PathLike[str], kind: str, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot be written as ``kind`` ("dir": a
+    folder, created if missing; "file": a regular file, replaced if present): one that exists
+    as the other kind or as a special file (device, FIFO, socket), or whose folder cannot be
+    written. Probes with a temporary file it removes; creates nothing. fsspec URLs pass."""
+    text = str(path)
+    if "://" in text:
+        return
+    target = Path(text)
+    if target.exists() or target.is_symlink():
+        if kind == "dir" and not target.is_dir():
+            raise HetdiffError(f"{flag} {target} exists and is not a folder; pass a folder path")
+        if kind == "file":
+            if target.is_dir():
+                raise HetdiffError(f"{flag} {target} is a folder; pass a file path")
+            if not target.is_file():
+                raise HetdiffError(
+                    f"{flag} {target} is a special file (device, pipe or socket); refusing to "
+                    "replace it, pass a regular file path"
+                )
+    folder = target if kind == "dir" and target.is_dir() else target.parent
+    while not folder.exists():  # the nearest folder that exists is where writing starts
+        folder = folder.parent
+    if not folder.is_dir():
+        raise HetdiffError(f"{flag} {target}: {folder} is not a folder; pass another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hetdiff-probe.", suffix=TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise HetdiffError(
+            f"{flag} {target}: cannot write in {folder} ({describe_os_error(err)})"
+        ) from None

@@ -64,7 +64,20 @@ def test_text_router_from_the_cli_samples_prompts_with_text_experts(registry, tm
     metrics_path = tmp_path / "metrics.json"
     evaluate = ["evaluate", "--experts", str(registry / "text"), "--router", str(router)]
     evaluate += ["--partition", str(registry / "partition.json"), "--n", "16", "--steps", "2"]
-    assert main([*evaluate, "--strategies", "top1", "--no-fid", "--out", str(metrics_path)]) == 0
+    assert (
+        main(
+            [
+                *evaluate,
+                "--strategies",
+                "top1",
+                "--no-fid",
+                "--no-judge",
+                "--out",
+                str(metrics_path),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(metrics_path.read_text())  # 16 captions of 10 classes: a class repeats
     assert "intra_class_diversity" in metrics["strategies"]["top1"]
     assert len(metrics["router_by_t"]) == 10 and metrics["flops_per_forward"]["router"] > 0

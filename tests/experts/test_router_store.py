@@ -62,7 +62,8 @@ def test_checkpoint_reopens_with_the_same_logits(tmp_path):
 
 def test_checkpoint_file_layout_is_safetensors_with_the_spec_as_metadata(tmp_path):
     """The on-disk format older checkpoints use: weights as named tensors, metadata keys
-    ``format`` and ``router_spec``. A file written by hand in that layout loads."""
+    ``format`` and ``router_spec``. A file written by hand in that layout carries no digest: it
+    is refused in one line, and loads when unsigned files are trusted explicitly."""
     config = RouterConfig(2, 8, 1)
     router = Router(config)
     spec = RouterSpec.for_config(config, "beef", steps=1)
@@ -74,7 +75,10 @@ def test_checkpoint_file_layout_is_safetensors_with_the_spec_as_metadata(tmp_pat
     )
     assert (ROUTER_FILENAME, ROUTER_FORMAT) == ("router.safetensors", "hetdiff-router/1")
     assert router_file(tmp_path) == tmp_path / ROUTER_FILENAME and router_file(path) == path
-    loaded, loaded_spec = load_router(path)
+    with pytest.raises(HetdiffError, match="carries no digest.*--trust-unsigned") as refused:
+        load_router(path)
+    assert "\n" not in str(refused.value)
+    loaded, loaded_spec = load_router(path, trust_unsigned=True)
     assert loaded_spec == spec
     for name, tensor in router.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name

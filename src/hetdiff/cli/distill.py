@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--allow-missing", action="store_true", help="teacher: renormalize over present experts"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    p.add_argument(
+        "--allow-lr-change",
+        action="store_true",
+        help="with --resume: continue with this --lr instead of the saved one (after a divergence)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -69,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
         partition=args.partition,
         allow_missing=args.allow_missing,
         resume=args.resume,
+        allow_lr_change=args.allow_lr_change,
     )
     return 0

@@ -30,7 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=_SAMPLE.steps)
     p.add_argument("--solver", choices=SOLVERS, default=_SAMPLE.solver)
     p.add_argument("--cfg", type=float, default=_SAMPLE.cfg)
-    p.add_argument("--no-fid", action="store_true")
+    p.add_argument("--no-fid", action="store_true", help="skip Inception FID")
+    p.add_argument(
+        "--no-judge", action="store_true",
+        help="skip the judge metrics (FD_judge, precision/recall/density/coverage, accuracy)",
+    )  # fmt: skip
+    p.add_argument(
+        "--judge-steps", type=int, default=_EVAL.judge_steps,
+        help="judge training steps (once per data set, then cached; default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="metrics JSON file")
     p.set_defaults(func=run)
@@ -39,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hetdiff.pipeline.evaluate import evaluate_command
 
-    settings = EvalSettings(n=args.n, fid=not args.no_fid, reference_n=args.reference_n)
+    settings = EvalSettings(
+        n=args.n, fid=not args.no_fid, reference_n=args.reference_n, judge=not args.no_judge,
+        judge_steps=args.judge_steps,
+    )  # fmt: skip
     sample = SampleSettings(
         steps=args.steps, solver=args.solver, strategies=tuple(args.strategies), top_k=args.top_k,
         cfg=args.cfg,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hetdiff.config import SOLVERS, STRATEGIES
+from hetdiff.config import SOLVERS, SPACINGS, STRATEGIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", default=None, help="text file of prompts, one a line")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--native", action="store_true", help="DDPM expert: its own DDIM sampler")
+    p.add_argument(
+        "--spacing",
+        choices=SPACINGS,
+        default=None,
+        help="with --native: diffusers' DDIMScheduler timestep spacing and step targets",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--nrow", type=int, default=8, help="images per grid row (with prompts: one row each)"
@@ -76,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
         native=args.native,
         device=args.device,
         nrow=args.nrow,
+        spacing=args.spacing,
     )
     return 0

@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for this expert")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument(
+        "--allow-lr-change",
+        action="store_true",
+        help="with --resume: continue with this --lr instead of the saved one (after a divergence)",
+    )
+    p.add_argument(
         "--init",
         default=None,
         help="start from this flow or converted (`hetdiff convert --to flow`) expert checkpoint "
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         init_model=args.model if args.init is not None else None,
         autoencoder=args.autoencoder,
+        allow_lr_change=args.allow_lr_change,
     )
     run_expert_job(job)
     return 0

@@ -60,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    p.add_argument(
+        "--allow-lr-change",
+        action="store_true",
+        help="with --resume: continue with this --lr instead of the saved one (after a divergence)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -87,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         class_conditional=not args.unconditional,
         text_encoder=args.text_encoder,
         resume=args.resume,
+        allow_lr_change=args.allow_lr_change,
     )
     return 0

@@ -29,6 +29,7 @@ from hetdiff.objectives.losses import TIME_SAMPLINGS  # flow training: p(t), def
 STRATEGIES = ("full", "top-k", "top1", "sample")  # how the router's weights pick experts
 EVALUATE_STRATEGIES = ("top1", "full")  # what `hetdiff evaluate` measures by default
 SOLVERS = ("euler", "heun")  # ODE solvers on the flow path
+SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIM timestep_spacing options
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 
 
@@ -183,10 +184,22 @@ class EvalSettings:
     fid: bool = True
     reference_n: int = 500  # real images for the reference statistics (cached per data set)
     per_expert: bool = True  # also FID of each expert alone (against the data and its cluster)
+    judge: bool = True  # FD_judge, precision/recall/density/coverage, class and cluster coverage
+    judge_steps: int = 1000  # judge classifier training steps (once per data set, then cached)
+    judge_holdout: float = 0.25  # data held out from the judge: its accuracy, the real reference
+    judge_reference_n: int = 5000  # held-out real images the judge metrics compare against
+    nearest_k: int = 5  # k of the k-NN manifolds (Naeem et al. 2020 recommend 5)
+    bootstrap: int = 200  # bootstrap draws for every 95% interval (0: point values only)
+    fid_bootstrap: int = 50  # draws for Inception FID's interval (2048-d: ~0.05-0.2 s a draw)
 
     def __post_init__(self) -> None:
         check_fields(self)
-        at_least(self, 1, "n", "reference_n")
+        at_least(self, 1, "n", "reference_n", "judge_steps", "judge_reference_n", "nearest_k")
+        at_least(self, 0, "bootstrap", "fid_bootstrap")
+        if not 0 < self.judge_holdout < 1:
+            raise HetdiffError(
+                f"EvalSettings.judge_holdout must be in (0, 1), got {self.judge_holdout!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -270,6 +283,10 @@ QUICK: dict[str, Any] = {
     ],
     "router": {"steps": 60},
     "sample": {"n": 16, "steps": 8, "strategies": ["top1", "full"]},
-    "evaluate": {"n": 16, "fid": False},  # FID at n = 16 would say nothing and cost a minute
+    "evaluate": {
+        "n": 16,
+        "fid": False,
+        "judge": False,
+    },  # FID at n = 16 would say nothing and cost a minute
 }
 PRESETS = {"quick": QUICK}

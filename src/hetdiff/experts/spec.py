@@ -26,6 +26,79 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Upper bounds a spec may ask for: a spec is read from a file before any network is built, so it
+# must not be able to ask for more memory than a real model of this code base would use.
+MAX_RESOLUTION = 8192  # image or latent side
+MAX_CHANNELS = 256
+MAX_CLASSES = 1_000_000
+MAX_TIMESTEPS = 100_000  # DDPM num_train_timesteps (the table is built in float64)
+MAX_WIDTH = 65_536  # DiT hidden_size, context_dim
+MAX_DEPTH = 1024
+_DIT_INT_LIMITS = {
+    "input_size": MAX_RESOLUTION,
+    "in_channels": MAX_CHANNELS,
+    "patch_size": MAX_RESOLUTION,
+    "hidden_size": MAX_WIDTH,
+    "depth": MAX_DEPTH,
+    "num_heads": MAX_WIDTH,
+    "num_classes": MAX_CLASSES,
+    "context_dim": MAX_WIDTH,
+}
+
+
+def _check_int(name: str, value: Any, low: int, high: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not _is_int(value) or not low <= value <= high:
+        raise HetdiffError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_schedule_dict(schedule: dict[str, Any]) -> None:
+    """Types and ranges of a DDPM schedule dict (name, num_train_timesteps <= MAX_TIMESTEPS,
+    betas, an alphas_cumprod table of numbers), then the schedule is built to check the rest."""
+    if not isinstance(schedule.get("name"), str):
+        raise HetdiffError(f"a ddpm expert needs a schedule dict with a 'name', got {schedule!r}")
+    _check_int("schedule.num_train_timesteps", schedule.get("num_train_timesteps", 1000), 2,
+               MAX_TIMESTEPS)  # fmt: skip
+    for name in ("beta_start", "beta_end"):
+        value = schedule.get(name)
+        if value is not None and not (_is_number(value) and 0 < value < 1):
+            raise HetdiffError(f"schedule.{name} must be a number in (0, 1), got {value!r}")
+    table = schedule.get("alphas_cumprod")
+    if table is not None:
+        if not isinstance(table, list | tuple):
+            raise HetdiffError(f"schedule.alphas_cumprod must be a list, got {table!r}"[:200])
+        bad = next((a for a in table if not _is_number(a)), None)
+        if bad is not None:
+            raise HetdiffError(f"schedule.alphas_cumprod must hold numbers, found {bad!r}"[:200])
+        if not 2 <= len(table) <= MAX_TIMESTEPS:
+            raise HetdiffError(
+                f"schedule.alphas_cumprod must hold 2 to {MAX_TIMESTEPS} numbers, got {len(table)}"
+            )
+    from hetdiff.objectives.schedules import make_schedule
+
+    try:
+        make_schedule(schedule)
+    except (TypeError, ValueError) as err:  # HetdiffError is a ValueError
+        raise HetdiffError(f"invalid schedule: {str(err).splitlines()[0]}") from None
+
+
+def check_model_dict(model: dict[str, Any]) -> None:
+    """Types and ranges of a DiT architecture dict (``arch`` "dit"): each size an integer up to
+    its bound, ``mlp_ratio`` a number in (0, 64]; other archs only need a string ``arch``."""
+    if not isinstance(model.get("arch"), str):
+        raise HetdiffError(f"model needs a string 'arch', got {model.get('arch')!r}")
+    if model["arch"] != "dit":
+        return
+    for name, high in _DIT_INT_LIMITS.items():
+        if name in model:
+            low = 0 if name == "num_classes" else 1
+            _check_int(f"model.{name}", model[name], low, high, optional=name == "context_dim")
+    ratio = model.get("mlp_ratio", 4.0)
+    if not _is_number(ratio) or not 0 < ratio <= 64:
+        raise HetdiffError(f"model.mlp_ratio must be a number in (0, 64], got {ratio!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExpertSpec:
     """The self-description of one expert checkpoint (validated on construction).
@@ -73,12 +146,11 @@ class ExpertSpec:
                 f"{self.objective!r}; use one of {allowed}"
             )
         if uses_schedule(self.objective):
-            if not isinstance(self.schedule, dict) or not isinstance(
-                self.schedule.get("name"), str
-            ):
+            if not isinstance(self.schedule, dict):
                 raise HetdiffError(
                     f"a ddpm expert needs a schedule dict with a 'name', got {self.schedule!r}"
                 )
+            check_schedule_dict(self.schedule)
         elif self.schedule is not None:
             raise HetdiffError(f"a flow expert takes no schedule, got {self.schedule!r}")
         if not isinstance(self.learned_variance, bool):
@@ -89,14 +161,18 @@ class ExpertSpec:
             raise HetdiffError("learned_variance applies to ddpm experts only; set it to false")
         if not isinstance(self.model, dict):
             raise HetdiffError(f"model must be an architecture config dict, got {self.model!r}")
+        check_model_dict(self.model)
         for name in ("resolution", "channels"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise HetdiffError(f"{name} must be a positive integer, got {value!r}")
+        _check_int("resolution", self.resolution, 1, MAX_RESOLUTION)
+        _check_int("channels", self.channels, 1, MAX_CHANNELS)
         for name in ("num_classes", "steps"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise HetdiffError(f"{name} must be an integer >= 0, got {value!r}")
+        _check_int("num_classes", self.num_classes, 0, MAX_CLASSES)
         if self.num_clusters is not None and (
             not _is_int(self.num_clusters) or self.num_clusters < 1
         ):

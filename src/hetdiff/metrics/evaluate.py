@@ -24,6 +24,7 @@ from hetdiff.metrics.fid import (
     reference_features,
 )
 from hetdiff.metrics.flops import forward_flops, solver_nfe, strategy_flops
+from hetdiff.metrics.judged import fd_interval, judge_summary, judged_metrics, judged_reference
 from hetdiff.sampling.files import SampleSet
 
 
@@ -59,6 +60,7 @@ def evaluate(
         key = f"{dataset.fingerprint}|{dataset.resolution}|{len(rows)}|{seed}"
         feats = reference_features(dataset.images[rows], key, default_cache_dir(), progress=True)
         reference = gaussian_stats(feats)
+        reference_inception = feats
         if partition is not None:
             # per-cluster references reuse the reference features of that cluster's rows
             ref_clusters = partition.cluster_of(dataset.ids[rows])
@@ -67,6 +69,10 @@ def evaluate(
                 for k in range(partition.k)
                 if (ref_clusters == k).sum() >= 2
             }
+    judged = None  # judge metrics: hetdiff.metrics.judged (new keys beside the FID ones)
+    if settings.judge:
+        judged = judged_reference(dataset, partition, settings, seed, progress=True)
+        metrics["judge"] = judge_summary(judged)
     named = [("strategies", name, name, samples) for name, samples in strategies.items()]
     named += [("experts", f"expert-{k}", k, samples) for k, samples in sorted(experts.items())]
     for group, name, key, samples in named:
@@ -74,8 +80,11 @@ def evaluate(
         images = samples.images[: settings.n].clamp(-1, 1)
         entry: dict[str, Any] = {"n": len(images)}
         if settings.fid:
-            stats = gaussian_stats(inception_features(images, cache_dir=default_cache_dir()))
+            inception = inception_features(images, cache_dir=default_cache_dir())
+            stats = gaussian_stats(inception)
             entry["fid"] = frechet_distance(*stats, *reference)
+            fid_ci = fd_interval(inception, reference_inception, settings.fid_bootstrap, seed)
+            entry["fid_ci"] = [fid_ci.low, fid_ci.high]
         if group == "experts":
             entry["cluster"] = key
             if partition is not None:
@@ -86,6 +95,10 @@ def evaluate(
             feats = image_features(images)
             div, _ = intra_class_diversity(feats, samples.labels[: settings.n])
             entry["intra_class_diversity"] = div
+        if judged is not None:
+            labels = None if samples.labels is None else samples.labels[: settings.n]
+            own = key if group == "experts" else None
+            entry.update(judged_metrics(judged, images, labels, own))
         metrics[group][name] = entry
         print(f"[evaluate] {name}: {entry} ({time.time() - t0:.1f} s)", flush=True)
 

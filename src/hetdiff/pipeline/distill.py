@@ -22,10 +22,11 @@ def _file_sha256(path: Path) -> str | None:
     """The weights' sha256 a checkpoint's metadata records (None when absent)."""
     import safetensors
 
-    from hetdiff.experts.store import HASH_KEY
+    from hetdiff.experts.store import DIGEST_KEY, HASH_KEY
 
     with safetensors.safe_open(str(path), framework="pt") as handle:
-        return (handle.metadata() or {}).get(HASH_KEY)
+        metadata = handle.metadata() or {}
+    return metadata.get(DIGEST_KEY) or metadata.get(HASH_KEY)
 
 
 def distill_command(
@@ -36,6 +37,7 @@ def distill_command(
     partition: str | Path | None = None,
     allow_missing: bool = False,
     resume: bool = False,
+    allow_lr_change: bool = False,
 ) -> Path:
     """Train a dense flow student on the ensemble ``experts_dir`` + ``router_path``; write
     ``out_dir/expert.safetensors`` (EMA weights, a flow ExpertSpec with provenance
@@ -106,6 +108,7 @@ def distill_command(
         partition_fingerprint=None if loaded is None else loaded.fingerprint,
         provenance=provenance,
         resume=resume,
+        allow_lr_change=allow_lr_change,
     )
     print(f"wrote {path}")
     return path

@@ -24,6 +24,7 @@ def train_router_command(
     class_conditional: bool = True,
     text_encoder: str | None = None,
     resume: bool = False,
+    allow_lr_change: bool = False,
 ) -> Path:
     """Train a router on the data set ``data`` (at ``resolution``, None = native) against the
     partition manifest at ``partition_path``; write ``out/router.safetensors``, print its path
@@ -44,6 +45,7 @@ def train_router_command(
         class_conditional=class_conditional,
         text_encoder=text_encoder,
         resume=resume,
+        allow_lr_change=allow_lr_change,
     )
     print(f"wrote {path}")
     router, _ = load_router(path)

@@ -28,6 +28,7 @@ from hetdiff.config import RunConfig
 from hetdiff.errors import HetdiffError
 from hetdiff.io import atomic_path, atomic_write_json
 from hetdiff.pipeline.layout import RunLayout
+from hetdiff.threads import WAIT_POLICY, threads_per_worker
 
 STAGES = ("cluster", "experts", "router", "sample", "evaluate", "report")
 
@@ -192,7 +193,7 @@ class Run:
         """Train every expert in its own process, up to ``workers`` at a time."""
         pending = list(range(len(self.config.experts)))
         running: list[tuple[int, subprocess.Popen, Any]] = []
-        threads = max(1, (os.cpu_count() or 1) // self.config.workers)
+        threads = threads_per_worker(self.config.workers)  # the cores this run may use, shared
         failures = []
         while pending or running:
             while pending and len(running) < self.config.workers:
@@ -217,13 +218,16 @@ class Run:
             raise HetdiffError("; ".join(failures) + f" (logs in {self.experts_dir})")
 
     def _expert_finished(self, k: int) -> bool:
+        """True when ``expert-k/expert.safetensors`` verifies against its digest and records
+        the requested steps: the training loop writes the final artifact before it commits
+        the final state, so such a file is the finished expert whatever the state says."""
         from hetdiff.experts.store import read_spec
 
         ckpt = self.expert_dir(k) / "expert.safetensors"
         if not ckpt.is_file():
             return False
         try:
-            return read_spec(ckpt).steps >= self.config.experts[k].steps
+            return read_spec(ckpt).steps == self.config.experts[k].steps
         except HetdiffError:
             return False
 
@@ -246,7 +250,7 @@ class Run:
             class_conditional=self.config.class_conditional,
             text_encoder=self.config.text_encoder,
         )
-        resume = (folder / "train_state").is_dir()
+        resume = _has_committed_state(folder)  # a partial first checkpoint starts over
         job = ExpertJob(
             data=self.config.data, out=str(folder), settings=settings,
             resolution=self.config.resolution, partition=str(self.partition_path), cluster=k,
@@ -259,6 +263,7 @@ class Run:
             _log(f"expert {k}: resuming from its last checkpoint")
         cmd = [sys.executable, "-m", "hetdiff.training.jobs", str(job_path)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)  # idle OpenMP threads sleep, not spin
         log = open(folder / "stdout.log", "a")
         _log(
             f"expert {k}: {e.objective}/{e.prediction} {e.schedule or ''} training in its own process"
@@ -283,7 +288,7 @@ class Run:
             settings,
             class_conditional=self.config.class_conditional,
             text_encoder=self.config.text_encoder,
-            resume=(self.router_dir / "train_state").is_dir(),
+            resume=_has_committed_state(self.router_dir),
         )
 
     def stage_sample(self) -> None:
@@ -355,6 +360,14 @@ class Run:
         from hetdiff.report.html import write_report
 
         write_report(run_record(self.config, self.layout), self.layout.report)
+
+
+def _has_committed_state(folder: Path) -> bool:
+    """Whether ``folder/train_state`` holds a committed (verified) checkpoint to resume."""
+    from hetdiff.training.loop import STATE_DIRNAME
+    from hetdiff.training.state import read_manifest
+
+    return read_manifest(folder / STATE_DIRNAME) is not None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

@@ -74,14 +74,27 @@ def _native_ddim(
     steps: int,
     cond: Any,
     device: str,
+    spacing: str | None = None,
 ) -> torch.Tensor:
-    """Images from a DDPM expert's own DDIM sampler (eta = 0) on ``steps`` of its schedule."""
+    """Images from a DDPM expert's own DDIM sampler (eta = 0) on ``steps`` of its schedule;
+    ``spacing`` (leading, trailing, linspace) steps to diffusers' DDIMScheduler targets, with
+    the expert's recorded steps_offset, set_alpha_to_one and clip_sample."""
     from hetdiff.experts.build import native_ddim
     from hetdiff.sampling.solvers import ddim_timesteps, sample_ddim, seeded_noise
 
     schedule, prediction, learned_variance = native_ddim(spec)
     noise = seeded_noise(seeds, shape, device=device)
     cond = None if cond is None else cond.to(device)
+    if spacing is not None:
+        from hetdiff.experts.diffusers_import import sampler_conventions
+        from hetdiff.sampling.solvers import sample_ddim_spaced
+
+        conventions = sampler_conventions(spec)
+        return sample_ddim_spaced(
+            velocity.net, schedule, prediction, noise, steps, spacing, cond, learned_variance,
+            conventions["steps_offset"], conventions["set_alpha_to_one"],
+            conventions["clip_sample_range"],
+        ).cpu()  # fmt: skip
     timesteps = ddim_timesteps(schedule, steps)
     return sample_ddim(
         velocity.net, schedule, prediction, noise, timesteps, cond, learned_variance
@@ -108,6 +121,7 @@ def sample_command(
     native: bool = False,
     device: str = "cpu",
     nrow: int = 8,
+    spacing: str | None = None,
 ) -> Path:
     """Sample a grid of images into the PNG ``out`` and return its path.
 
@@ -115,7 +129,8 @@ def sample_command(
     ``strategy`` / ``top_k`` / ``allow_missing``). Image i uses seed ``seed + i``. Class models
     sample ``n`` images with ``class_choice`` (a name, an index, "none") or the classes in turn;
     text models sample ``n`` images per prompt (``prompt`` list and/or ``prompts_file``), one
-    grid row each. ``native`` uses a DDPM expert's own DDIM sampler (no guidance).
+    grid row each. ``native`` uses a DDPM expert's own DDIM sampler (no guidance); ``spacing``
+    gives it diffusers' DDIMScheduler timestep spacing and step targets.
     """
     from hetdiff.data.montage import save_grid
     from hetdiff.sampling.generate import class_labels_for, generate
@@ -126,6 +141,8 @@ def sample_command(
         raise HetdiffError("give one of --expert CKPT or --experts DIR")
     if native and expert is None:
         raise HetdiffError("--native needs one DDPM expert (--expert CKPT of a ddpm objective)")
+    if spacing is not None and not native:
+        raise HetdiffError("--spacing applies to --native DDIM sampling; add --native")
     if native and cfg != 1.0:
         raise HetdiffError("--native does not apply guidance; drop --cfg or --native")
     seeds = [seed + i for i in range(n)]
@@ -160,8 +177,9 @@ def sample_command(
         decode = load_autoencoder(spec.autoencoder, device).decode
     if native:
         images = _native_ddim(
-            velocity, spec, seeds, shape, steps, labels if cond is None else cond, device
-        )
+            velocity, spec, seeds, shape, steps, labels if cond is None else cond, device,
+            spacing,
+        )  # fmt: skip
         images = images if decode is None else decode(images)
     else:
         images = generate(

@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from hetdiff.config import SOLVERS
+from hetdiff.config import SOLVERS, SPACINGS
 from hetdiff.errors import HetdiffError
 from hetdiff.objectives.paths import ddpm_to_x0_eps, drop_learned_variance
 from hetdiff.objectives.schedules import DiscreteSchedule
@@ -194,4 +195,81 @@ def sample_ddim(
         )
         shape = (-1, *([1] * (x.ndim - 1)))
         x = a_next.to(x.dtype).reshape(shape) * x0 + s_next.to(x.dtype).reshape(shape) * eps
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# DDIM with diffusers' semantics (DDIMScheduler.set_timesteps / step, eta = 0)
+# --------------------------------------------------------------------------------------------
+
+
+def spaced_timesteps(
+    num_train_timesteps: int, steps: int, spacing: str, steps_offset: int = 0
+) -> Tensor:
+    """diffusers' ``DDIMScheduler.set_timesteps`` list (int64, decreasing, ``steps`` long):
+
+        linspace  round(linspace(0, T - 1, N))[::-1]
+        leading   arange(N) * (T // N), reversed, + steps_offset
+        trailing  round(arange(T, 0, -T / N)) - 1
+
+    (numpy's round-half-to-even, as diffusers computes it)."""
+    T = int(num_train_timesteps)
+    if spacing not in SPACINGS:
+        raise HetdiffError(
+            f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}"
+        )
+    if int(steps) != steps or not 1 <= steps <= T:
+        raise HetdiffError(f"DDIM steps must be an integer in [1, {T}], got {steps!r}")
+    if spacing == "linspace":
+        timesteps = np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64)
+    elif spacing == "leading":
+        timesteps = (np.arange(0, steps) * (T // steps)).round()[::-1].astype(np.int64)
+        timesteps = timesteps + int(steps_offset)
+    else:
+        timesteps = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+    if timesteps.max() > T - 1 or timesteps.min() < 0:
+        raise HetdiffError(
+            f"{spacing} spacing with steps_offset {steps_offset} gives step {timesteps.max()} "
+            f"outside [0, {T - 1}]; lower steps_offset"
+        )
+    return torch.from_numpy(timesteps.copy())
+
+
+@torch.no_grad()
+def sample_ddim_spaced(
+    net: Callable[[Tensor, Tensor, Any], Tensor],
+    schedule: DiscreteSchedule,
+    prediction: str,
+    x: Tensor,
+    steps: int,
+    spacing: str,
+    cond: Any = None,
+    learned_variance: bool = False,
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
+    clip_sample_range: float | None = None,
+) -> Tensor:
+    """DDIM (eta = 0) stepping to diffusers' targets: at each s of ``spaced_timesteps`` the
+    previous step is s' = s - T // N (``DDIMScheduler.step``), abar_{s'} from the table, or
+    1 (``set_alpha_to_one``) / abar_0 once s' < 0, and
+
+        x0-hat, eps-hat = the net's output read at abar_s (clamped to +-clip_sample_range)
+        x <- sqrt(abar_{s'}) x0-hat + sqrt(1 - abar_{s'}) eps-hat
+
+    ``x`` is x_s at the first timestep (pure noise); returns the state after the last step."""
+    T = schedule.num_train_timesteps
+    timesteps = spaced_timesteps(T, steps, spacing, steps_offset)
+    abar = schedule.alphas_cumprod.to(x.device)
+    final = torch.ones((), dtype=abar.dtype, device=x.device) if set_alpha_to_one else abar[0]
+    jump, channels = T // int(steps), x.shape[1]
+    for s in timesteps.tolist():
+        a_t = abar[s].to(x.dtype)
+        a_prev = (abar[s - jump] if s - jump >= 0 else final).to(x.dtype)
+        out = net(x, torch.full((x.shape[0],), float(s), dtype=x.dtype, device=x.device), cond)
+        if learned_variance:
+            out = drop_learned_variance(out, channels)
+        x0, eps = ddpm_to_x0_eps(prediction, out, x, a_t.sqrt(), (1 - a_t).sqrt())
+        if clip_sample_range is not None:
+            x0 = x0.clamp(-clip_sample_range, clip_sample_range)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return x

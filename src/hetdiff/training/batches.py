@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -129,3 +130,24 @@ def accumulate_gradients(
     if world > 1:
         step_loss = accelerator.reduce(step_loss, reduction="mean")
     return step_loss
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """LR multiplier for optimizer step ``step`` (0-based): min(1, (step + 1) / warmup_steps)."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def lr_at(step: int, config: Any) -> float:
+    """The learning rate optimizer step ``step`` (0-based) uses: lr * warmup_factor (``config``:
+    a ``TrainConfig``)."""
+    return config.lr * warmup_factor(step, config.warmup_steps)
+
+
+def resolve_mixed_precision(requested: str, device: torch.device | None = None) -> str:
+    """ "auto" -> "bf16" on a CUDA device that supports it, else "no"; other values pass."""
+    if requested != "auto":
+        return requested
+    on_cuda = (device is None or device.type == "cuda") and torch.cuda.is_available()
+    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"

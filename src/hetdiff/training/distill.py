@@ -111,6 +111,7 @@ def distill(
     partition_fingerprint: str | None = None,
     provenance: dict[str, Any] | None = None,
     resume: bool = False,
+    allow_lr_change: bool = False,
 ) -> Path:
     """Train a dense flow student on ``teacher``'s velocity over ``dataset`` (an
     ``ImageDataset``, e.g. ``union_dataset``); write ``out_dir/expert.safetensors`` (EMA
@@ -165,5 +166,6 @@ def distill(
         )
         save_expert(checkpoint, ema_state, spec)
 
-    train(student, dataset.images, labels, loss_fn, train_config, out_dir, on_checkpoint, resume)
+    train(student, dataset.images, labels, loss_fn, train_config, out_dir, on_checkpoint, resume,
+          allow_lr_change=allow_lr_change)  # fmt: skip
     return checkpoint

@@ -96,6 +96,7 @@ def train_expert(
     provenance: dict[str, Any] | None = None,
     autoencoder: dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
+    allow_lr_change: bool = False,
 ) -> Path:
     """Train one expert on ``dataset`` (already restricted to its shard); return the checkpoint.
 
@@ -104,6 +105,7 @@ def train_expert(
     on caption embeddings (cached once per distinct caption under ``cache_dir``); the training
     loop's label column then carries caption ids, dropped to -1 (null) with ``label_dropout``.
     ``autoencoder`` (a ``KLAutoencoder.to_dict()``) records that ``dataset`` holds its latents.
+    ``allow_lr_change`` lets a resume continue with ``settings.lr`` (e.g. after a divergence).
     """
     if len(dataset) == 0:
         raise HetdiffError("the expert's data shard is empty; pick another cluster or dataset")
@@ -146,5 +148,6 @@ def train_expert(
         )
         save_expert(checkpoint, ema_state, spec)
 
-    train(net, dataset.images, labels, loss_fn, config, out_dir, on_checkpoint, resume=resume)
+    train(net, dataset.images, labels, loss_fn, config, out_dir, on_checkpoint, resume=resume,
+          allow_lr_change=allow_lr_change)  # fmt: skip
     return checkpoint

@@ -21,7 +21,7 @@ from hetdiff.errors import HetdiffError
 from hetdiff.experts.build import trains_with_flow, velocity_from_spec
 from hetdiff.experts.convert import source_record
 from hetdiff.experts.spec import ExpertSpec
-from hetdiff.experts.store import load_expert_state, save_expert
+from hetdiff.experts.store import load_expert_model, read_spec, save_expert
 from hetdiff.objectives.kinds import FLOW, uses_schedule
 from hetdiff.objectives.losses import LossFn, make_loss_fn
 from hetdiff.training.expert import EXPERT_FILE, train_config_for
@@ -93,6 +93,7 @@ def finetune_expert(
     partition_fingerprint: str | None = None,
     resume: bool = False,
     model: str | None = None,
+    allow_lr_change: bool = False,
 ) -> Path:
     """Train the flow (or converted) expert ``init`` further with the flow loss on ``dataset``.
 
@@ -102,19 +103,18 @@ def finetune_expert(
     with the init's spec (objective, schedule, model unchanged), this run's steps, data and
     cluster, and provenance ``finetuned_from``. Returns the checkpoint path.
     """
-    from hetdiff.models.dit import DiT, DiTConfig
     from hetdiff.training.loop import train
 
     init = Path(init)
-    state, spec = load_expert_state(init)
+    spec = read_spec(init)
     check_init_fits(spec, dataset, init, model)
     if uses_schedule(settings.objective):
         raise HetdiffError("--init fine-tunes with the flow loss; drop --objective ddpm")
     if len(dataset) == 0:
         raise HetdiffError("the expert's data shard is empty; pick another cluster or dataset")
-    config = DiTConfig.from_dict({k: v for k, v in spec.model.items() if k not in ("arch", "name")})
-    net: nn.Module = DiT(config)
-    net.load_state_dict(state, strict=True)
+    # the spec's shapes are checked against the file's tensors before the network is built
+    net: nn.Module = load_expert_model(init)[0]
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     labels = dataset.labels if spec.num_classes else None
     loss_fn = flow_finetune_loss(spec, settings.time_sampling, settings.label_dropout)
     train_config = train_config_for(settings, len(dataset))
@@ -134,5 +134,6 @@ def finetune_expert(
         )
         save_expert(checkpoint, ema_state, out_spec)
 
-    train(net, dataset.images, labels, loss_fn, train_config, out_dir, on_checkpoint, resume=resume)
+    train(net, dataset.images, labels, loss_fn, train_config, out_dir, on_checkpoint,
+          resume=resume, allow_lr_change=allow_lr_change)  # fmt: skip
     return checkpoint

@@ -38,6 +38,7 @@ class ExpertJob:
     init_model: str | None = None  # with init: refuse a checkpoint not of this named DiT config
     autoencoder: str | None = None  # diffusers AutoencoderKL folder: train in its latents
     cache_dir: str | None = None  # caption embeddings (and latents); None = the default cache
+    allow_lr_change: bool = False  # with resume: continue with settings.lr (after a divergence)
 
     def __post_init__(self) -> None:
         for name in ("data", "out"):
@@ -56,8 +57,11 @@ class ExpertJob:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise HetdiffError(f"ExpertJob.{name} must be a string or null, got {value!r}")
-        if not isinstance(self.resume, bool):
-            raise HetdiffError(f"ExpertJob.resume must be true or false, got {self.resume!r}")
+        for name in ("resume", "allow_lr_change"):
+            if not isinstance(getattr(self, name), bool):
+                raise HetdiffError(
+                    f"ExpertJob.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         if (self.partition is None) != (self.cluster is None):
             raise HetdiffError("--partition and --cluster go together: give both or neither")
         if self.init_model is not None and self.init is None:
@@ -154,20 +158,20 @@ def run_expert_job(job: ExpertJob) -> Path:
         f"training {s.objective} expert ({s.prediction}) on {len(dataset)} images of "
         f"{job.data} at {dataset.resolution}px -> {job.out}"
     )
-    Path(job.out).mkdir(parents=True, exist_ok=True)
     print(json.dumps({"settings": s.to_dict(), "data": job.data, **cluster}, default=str))
     if job.init is not None:
         from hetdiff.training.finetune import finetune_expert
 
         path = finetune_expert(
-            job.init, dataset, s, job.out, resume=job.resume, model=job.init_model, **cluster
-        )
+            job.init, dataset, s, job.out, resume=job.resume, model=job.init_model,
+            allow_lr_change=job.allow_lr_change, **cluster,
+        )  # fmt: skip
     else:
         from hetdiff.training.expert import train_expert
 
         path = train_expert(
             dataset, s, job.out, resume=job.resume, autoencoder=autoencoder,
-            cache_dir=job.cache_dir, **cluster,
+            cache_dir=job.cache_dir, allow_lr_change=job.allow_lr_change, **cluster,
         )  # fmt: skip
     print(f"wrote {path}")
     return path

@@ -19,6 +19,16 @@ never stopped (same process count, same hardware); ``hetdiff.training.resume`` r
 with other math, precision, process count or data (a fingerprint of images and every column).
 Epochs and micro-batches: ``hetdiff.training.batches``; the state on disk:
 ``hetdiff.training.state``.
+
+Commit protocol. At every checkpoint the artifact (``on_checkpoint``: expert.safetensors,
+router.safetensors, the student) is written first, then the resumable state is committed
+(``latest.json``). A kill before the artifact or between the two leaves the previous committed
+state, and the resumed run redoes those steps bitwise and rewrites the same artifact; a kill after
+the commit leaves both complete. A resume of a finished state rewrites the artifact from the
+committed EMA weights (byte-identical when the file was intact), so ``--resume`` never reports a
+stale file. A folder whose first checkpoint was never committed (a step directory without
+``latest.json``, stray ``*.tmp`` files) starts from step 0, on ``--resume`` too. Tests only:
+``$HETDIFF_TEST_KILL_AT`` (``state.kill_point``) kills the process at one of these points.
 """
 
 from __future__ import annotations
@@ -50,9 +60,13 @@ from hetdiff.training.batches import (
     check_inputs,
     derive_seed,
     epoch_permutation,
+    lr_at,
+    resolve_mixed_precision,
+    warmup_factor,
 )
 from hetdiff.training.ema import EMA
-from hetdiff.training.resume import check_resume, data_fingerprint
+from hetdiff.training.resume import check_resume, data_fingerprint, divergence_message, set_base_lr
+from hetdiff.training.state import KILL_ENV, KILL_POINTS, kill_point  # noqa: F401 (re-exported)
 
 LossFn = Callable[[nn.Module, Tensor, Targets, torch.Generator], Tensor]
 """loss_fn(model, x0 (B, C, H, W), labels, generator) -> per-sample loss (B,).
@@ -62,6 +76,7 @@ All randomness (noise, t, label dropout) must come from ``generator``, which the
 
 STATE_DIRNAME = "train_state"
 LOG_NAME = "log.jsonl"
+DIVERGE_ENV = "HETDIFF_TEST_DIVERGE_AT"  # tests: "STEP" makes that step's loss nan
 
 
 @dataclass(frozen=True)
@@ -129,31 +144,6 @@ class TrainingDivergedError(HetdiffError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Small pure helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """LR multiplier for optimizer step ``step`` (0-based): min(1, (step + 1) / warmup_steps)."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """The learning rate optimizer step ``step`` (0-based) uses: lr * warmup_factor."""
-    return config.lr * warmup_factor(step, config.warmup_steps)
-
-
-def resolve_mixed_precision(requested: str, device: torch.device | None = None) -> str:
-    """ "auto" -> "bf16" on a CUDA device that supports it, else "no"; other values pass."""
-    if requested != "auto":
-        return requested
-    on_cuda = (device is None or device.type == "cuda") and torch.cuda.is_available()
-    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-
-
-# ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
 
@@ -168,6 +158,7 @@ def train(
     on_checkpoint: Callable[[dict[str, Tensor], int], None] | None = None,
     resume: bool = False,
     accelerator: Accelerator | None = None,
+    allow_lr_change: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place to ``config.steps`` optimizer steps; return the EMA weights.
 
@@ -176,8 +167,10 @@ def train(
     same structure; the data fingerprint a resume checks covers the images and every column.
     Writes ``out_dir/log.jsonl`` (step, loss, lr, images_per_s, elapsed_s), the resolved config
     ``out_dir/train_config.json`` and the resumable state ``out_dir/train_state/`` every
-    ``checkpoint_every`` steps and at the end, then calls ``on_checkpoint(ema_state_cpu, step)``
-    on the main process. ``resume=True`` continues bitwise from the last committed state.
+    ``checkpoint_every`` steps and at the end, after calling ``on_checkpoint(ema_state_cpu,
+    step)`` on the main process (the artifact first, then the state: module docstring).
+    ``resume=True`` continues bitwise from the last committed state (``allow_lr_change``: with
+    ``config.lr`` in place of the saved lr from there on, e.g. after a divergence).
     ``out_dir`` must be on a filesystem every process sees. Raises TrainingDivergedError when
     the loss or gradient norm becomes nan/inf (the last good state is kept).
     """
@@ -216,7 +209,14 @@ def train(
 
     manifest = state_io.read_manifest(state_root)
     if resume and manifest is None:
-        raise HetdiffError(f"nothing to resume in {state_root}; run without --resume to start")
+        if not state_root.is_dir():
+            raise HetdiffError(f"nothing to resume in {state_root}; run without --resume to start")
+        if is_main:  # killed while its first checkpoint was written: nothing was committed
+            print(f"no committed checkpoint in {state_root}; starting from step 0", flush=True)
+        resume = False
+    if is_main:  # leftovers of a killed run: temporary files, step folders no manifest names
+        state_io.clean_uncommitted(out_dir, state_root, manifest)
+    accelerator.wait_for_everyone()
     if not resume and manifest is not None:
         raise HetdiffError(
             f"{out_dir} already holds training state at step {manifest['step']}; pass --resume "
@@ -239,8 +239,9 @@ def train(
         saved = state_io.load_train_state(state_root, rank)
         meta = saved.meta
         check_resume(
-            meta, config.to_dict(), config.steps, precision, world, fingerprint, saved.directory
-        )
+            meta, config.to_dict(), config.steps, precision, world, fingerprint, saved.directory,
+            allow_lr_change=allow_lr_change,
+        )  # fmt: skip
         try:
             raw_model.load_state_dict(saved.model, strict=True)
         except RuntimeError as err:
@@ -251,6 +252,8 @@ def train(
         ema.load_state_dict(saved.ema, meta["ema_num_updates"])
         optimizer.load_state_dict(saved.optimizer)
         scheduler.load_state_dict(meta["scheduler"])
+        if meta["config"]["lr"] != config.lr:  # allowed by check_resume: the new lr from here
+            set_base_lr(optimizer, scheduler, config.lr, lr_at(scheduler.last_epoch, config))
         if accelerator.scaler is not None and meta.get("grad_scaler") is not None:
             accelerator.scaler.load_state_dict(meta["grad_scaler"])
         state_io.restore_rng(saved.rng, noise)
@@ -300,20 +303,19 @@ def train(
                 meta=meta,
             )
         accelerator.wait_for_everyone()
+        kill_point("in-state", step, out_dir)
         if is_main:
             state_io.commit(state_root, step, world)
         accelerator.wait_for_everyone()
 
+    def write_artifact() -> None:
+        if on_checkpoint is not None and is_main:
+            on_checkpoint(_cpu_clone(ema.state_dict()), step)
+        accelerator.wait_for_everyone()
+
     def diverged(what: str, value: float) -> TrainingDivergedError:
-        kept = (
-            f"last good checkpoint at step {last_good} kept in {state_root}"
-            if last_good is not None
-            else "no checkpoint was written yet"
-        )
-        return TrainingDivergedError(
-            f"{what} became {value} at step {step + 1}; {kept}; lower --lr (now {config.lr}), "
-            "raise --warmup-steps or --grad-clip, or use --mixed-precision no, then --resume"
-        )
+        return TrainingDivergedError(divergence_message(what, value, step + 1, last_good,
+                                                        state_root, config.lr))  # fmt: skip
 
     num_items = images.shape[0]
     order = epoch_permutation(num_items, config.seed, epoch)
@@ -326,6 +328,8 @@ def train(
     )
     start = time.perf_counter()
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    if resume and step == config.steps:  # finished before: re-derive the artifact from the state
+        write_artifact()
     try:
         model.train()
         while step < config.steps:
@@ -339,6 +343,8 @@ def train(
                 model, images, labels, block, loss_fn, noise, config.grad_accum, accelerator
             )
             loss_value = float(step_loss)
+            if os.environ.get(DIVERGE_ENV) == str(step + 1):  # tests: a divergence on demand
+                loss_value = math.nan
             if not math.isfinite(loss_value):
                 raise diverged("loss", loss_value)
             max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -373,10 +379,12 @@ def train(
                 window_loss, window_steps, window_start = 0.0, 0, now
 
             if step % config.checkpoint_every == 0 or step == config.steps:
+                kill_point("before-artifact", step, out_dir)
+                write_artifact()  # the artifact first: a committed state never outruns it
+                kill_point("after-artifact", step, out_dir)
                 save_state()
                 last_good = step
-                if on_checkpoint is not None and is_main:
-                    on_checkpoint(_cpu_clone(ema.state_dict()), step)
+                kill_point("after-state", step, out_dir)
     finally:
         bar.close()
     return TrainResult(

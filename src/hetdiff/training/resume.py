@@ -57,16 +57,20 @@ def check_resume(
     world: int,
     fingerprint: str,
     directory: Path,
+    allow_lr_change: bool = False,
 ) -> None:
     """Refuse to resume the state ``meta`` (from ``directory``) with another ``config`` (the
     ``TrainConfig.to_dict()`` of this run), precision, world size or data fingerprint, or when
-    the state is already past ``steps``."""
+    the state is already past ``steps``. ``allow_lr_change`` lets ``lr`` differ."""
     saved = meta["config"]
     for name in RESUME_FIXED_FIELDS:
+        if name == "lr" and allow_lr_change:
+            continue
         if saved.get(name) != config[name]:
+            hint = " (or add --allow-lr-change to continue with the new lr)" if name == "lr" else ""
             raise HetdiffError(
                 f"cannot resume: {name} is {config[name]!r} but the state in {directory} was "
-                f"trained with {saved.get(name)!r}; pass the same {name} or start a new run"
+                f"trained with {saved.get(name)!r}; pass the same {name}{hint} or start a new run"
             )
     if meta["mixed_precision"] != precision:
         raise HetdiffError(
@@ -87,3 +91,30 @@ def check_resume(
         raise HetdiffError(
             f"cannot resume: the state is at step {meta['step']}, beyond steps={steps}"
         )
+
+
+def divergence_message(
+    what: str, value: float, step: int, last_good: int | None, state_root: Path, lr: float
+) -> str:
+    """One line: what diverged, what was kept, and a command change that continues the run
+    with a learning rate 10x lower (flags every training command has)."""
+    lower = f"{lr / 10:g}"
+    if last_good is None:
+        return (
+            f"{what} became {value} at step {step}; no checkpoint was written yet; rerun the "
+            f"same command with a lower learning rate, e.g. --lr {lower} (now {lr:g})"
+        )
+    return (
+        f"{what} became {value} at step {step}; last good checkpoint at step {last_good} kept "
+        f"in {state_root}; continue from it with a lower learning rate: rerun the same command "
+        f"with --resume --allow-lr-change --lr {lower} (now {lr:g})"
+    )
+
+
+def set_base_lr(optimizer: Any, scheduler: Any, lr: float, current_lr: float) -> None:
+    """After loading a saved optimizer and LambdaLR: continue with base learning rate ``lr``
+    (the schedule's factor keeps its position; ``current_lr`` = lr * factor at this step)."""
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = current_lr

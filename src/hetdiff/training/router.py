@@ -113,6 +113,7 @@ def train_router(
     caption_seed: int = 0,
     resume: bool = False,
     cache_dir: str | Path | None = None,
+    allow_lr_change: bool = False,
 ) -> Path:
     """Train a router on ``dataset`` against ``partition``'s clusters; return its checkpoint.
 
@@ -127,7 +128,8 @@ def train_router(
     (``resolved_warmup_steps``), checkpoint interval (``resolved_checkpoint_every``) and seed;
     at every checkpoint the EMA weights are written atomically to ``out_dir/router.safetensors``
     with a ``RouterSpec`` (K, partition fingerprint, data, conditioning, steps). ``resume``
-    continues ``out_dir/train_state`` and refuses other router settings or another partition.
+    continues ``out_dir/train_state`` and refuses other router settings or another partition
+    (``allow_lr_change``: except another lr, e.g. after a divergence).
     """
     partition.check_dataset(dataset)
     bank = caption_ids = None
@@ -192,5 +194,6 @@ def train_router(
         progress=settings.progress,
     )
     loss_fn = router_loss_fn(config.num_classes, settings.label_dropout, bank)
-    train(router, dataset.images, targets, loss_fn, train_config, out_dir, on_checkpoint, resume)
+    train(router, dataset.images, targets, loss_fn, train_config, out_dir, on_checkpoint, resume,
+          allow_lr_change=allow_lr_change)  # fmt: skip
     return target

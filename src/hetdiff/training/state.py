@@ -15,28 +15,67 @@ A checkpoint is written into its step directory first; only then is ``latest.jso
 atomically. A process killed half-way leaves at most a stray directory that no manifest names,
 so a resume always sees the previous complete state or the new one, and a file changed after the
 commit (truncated, overwritten) is refused by its hash.
+
+Every byte is verified on read: the manifest carries ``digest``, the sha256 of its own other
+fields as canonical JSON (sorted keys), and names the size and sha256 of every file; each
+safetensors file is also signed (``hetdiff.experts.signed``). Manifests of format 1 (before the
+digest) still resume: their files are checked by the hashes the manifest lists, as before; a
+format-2 manifest without a digest is refused unless unsigned state is trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import safetensors.torch
 import torch
 from torch import Tensor
 
 from hetdiff.errors import HetdiffError
-from hetdiff.io import atomic_path, atomic_write_json, atomic_write_text
+from hetdiff.experts import signed
+from hetdiff.io import atomic_write_json, atomic_write_text, remove_stale_temps
 
 MANIFEST_NAME = "latest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own digest and the files are signed
+_LEGACY_VERSIONS = (1,)
+_WHAT = "training state file"
+KILL_ENV = "HETDIFF_TEST_KILL_AT"
+KILL_POINTS = ("before-artifact", "after-artifact", "in-state", "after-state")
+
+
+def kill_point(point: str, step: int, out_dir: str | Path) -> None:
+    """Test hook: SIGKILL this process at checkpoint-protocol ``point`` (one of
+    ``KILL_POINTS``) of optimizer step ``step`` when ``$HETDIFF_TEST_KILL_AT`` is "POINT:STEP"
+    or "POINT:STEP:TEXT" with TEXT a part of ``out_dir``. Does nothing when it is unset."""
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    parts = wanted.split(":", 2)
+    if len(parts) < 2 or parts[0] != point or parts[1] != str(step):
+        return
+    if len(parts) == 3 and parts[2] not in str(out_dir):
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def clean_uncommitted(out_dir: Path, root: Path, manifest: dict[str, Any] | None) -> None:
+    """Remove what a killed run left behind: ``atomic_path`` temporaries in ``out_dir`` and
+    ``root``, and, when nothing is committed, every step folder under ``root``. Main only,
+    before any process writes."""
+    remove_stale_temps(out_dir)
+    remove_stale_temps(root)
+    if manifest is None and root.is_dir():
+        for stray in root.glob("step-*"):
+            shutil.rmtree(stray, ignore_errors=True)
+
+
 _SHARED_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
 
 
@@ -102,8 +141,13 @@ def _cpu_copy(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _save_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> None:
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(_cpu_copy(tensors), str(tmp), metadata=metadata)
+    signed.write_signed(path, _cpu_copy(tensors), metadata)
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the manifest's fields other than ``digest``, as canonical JSON."""
+    fields = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(signed.canonical_json(fields).encode()).hexdigest()
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -174,6 +218,7 @@ def commit(root: str | Path, step: int, world_size: int) -> None:
         "world_size": world_size,
         "files": files,
     }
+    manifest["digest"] = manifest_digest(manifest)
     atomic_write_json(root / MANIFEST_NAME, manifest)
     for other in root.glob("step-*"):
         if other.is_dir() and other.name != directory.name:
@@ -231,43 +276,71 @@ class TrainState:
     meta: dict[str, Any]
 
 
-def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    """The committed manifest, or None when ``root`` holds no committed state."""
+def read_manifest(root: str | Path, trust_unsigned: bool | None = None) -> dict[str, Any] | None:
+    """The committed manifest, verified against its digest, or None when ``root`` holds no
+    committed state (e.g. a run killed while writing its first checkpoint)."""
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise HetdiffError(f"training state manifest {path} is unreadable ({err})") from err
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise HetdiffError(
+            f"training state manifest {path} is unreadable ({str(err).splitlines()[0]}); "
+            "delete it to start over"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise HetdiffError(f"training state manifest {path} is not a JSON object")
+    version = manifest.get("format_version")
+    if "digest" in manifest:
+        if manifest["digest"] != manifest_digest(manifest):
+            raise HetdiffError(
+                f"training state manifest {path} is corrupt or was changed after writing (digest "
+                "mismatch); refusing to resume from it"
+            )
+    elif version not in _LEGACY_VERSIONS and not signed.trusts_unsigned(trust_unsigned):
+        raise HetdiffError(
+            f"training state manifest {path} carries no digest; pass --trust-unsigned to resume "
+            "from it anyway"
+        )
+    if version not in (FORMAT_VERSION, *_LEGACY_VERSIONS):
         raise HetdiffError(
             f"training state manifest {path} has an unknown format; start a new --out directory"
         )
+    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("step"), int):
+        raise HetdiffError(f"training state manifest {path} is incomplete; start over")
     return manifest
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except (OSError, safetensors.SafetensorError) as err:
-        raise HetdiffError(f"training state file {path} is corrupt ({err})") from err
+def _load_safetensors(
+    path: Path, check_signature: bool
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    metadata, _ = signed.read_header(path, _WHAT)
+    tensors = signed.read_tensors(path, _WHAT)
+    if check_signature:
+        signed.verify(path, tensors, metadata, _WHAT)
     return tensors, metadata
 
 
-def load_train_state(root: str | Path, rank: int = 0) -> TrainState:
-    """Load the committed state for process ``rank``, verifying every file's size and sha256.
+def load_train_state(
+    root: str | Path, rank: int = 0, trust_unsigned: bool | None = None
+) -> TrainState:
+    """Load the committed state for process ``rank``, verifying the manifest's digest, every
+    file's size and sha256 and each file's signature.
 
     Raises HetdiffError (one line, naming the file) when nothing is committed or a file is
     missing, truncated or changed since the commit.
     """
     root = Path(root)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, trust_unsigned)
     if manifest is None:
         raise HetdiffError(f"no training state in {root}; run without --resume to start fresh")
-    directory = root / manifest["directory"]
+    directory = root / str(manifest.get("directory"))
+    if directory.name != f"step-{manifest['step']:08d}":
+        raise HetdiffError(
+            f"training state manifest in {root} names {directory.name} for step "
+            f"{manifest['step']}; it is corrupt"
+        )
     for name, info in manifest["files"].items():
         path = directory / name
         if not path.is_file():
@@ -284,12 +357,18 @@ def load_train_state(root: str | Path, rank: int = 0) -> TrainState:
             f"training state in {directory} was saved by {manifest['world_size']} processes; "
             f"resume with the same number of processes"
         )
-    model, _ = _load_safetensors(directory / "model.safetensors")
-    ema, _ = _load_safetensors(directory / "ema.safetensors")
-    opt_tensors, opt_meta = _load_safetensors(directory / "optimizer.safetensors")
+    check = manifest["format_version"] == FORMAT_VERSION
+    model, _ = _load_safetensors(directory / "model.safetensors", check)
+    ema, _ = _load_safetensors(directory / "ema.safetensors", check)
+    opt_tensors, opt_meta = _load_safetensors(directory / "optimizer.safetensors", check)
     optimizer = unflatten_tree(json.loads(opt_meta["tree"]), opt_tensors)
-    rng, _ = _load_safetensors(directory / rng_name)
+    rng, _ = _load_safetensors(directory / rng_name, check)
     meta = json.loads((directory / "state.json").read_text())
+    if meta.get("step") != manifest["step"]:
+        raise HetdiffError(
+            f"training state in {directory} is at step {meta.get('step')} but its manifest says "
+            f"{manifest['step']}; it is corrupt"
+        )
     return TrainState(
         step=int(manifest["step"]),
         directory=directory,
