@@ -18,7 +18,7 @@ OUT    ?= runs/demo
 # The layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
 LINT_IMPORTS := $(VENV)/bin/lint-imports --no-cache --no-logo
 
-.PHONY: setup demo test test-slow lint contracts bench docs clean
+.PHONY: setup demo test test-slow test-daemons test-daemons-install lint contracts bench docs clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,18 @@ demo: setup
 # a forbidden import fails `make test` and hence .ci/run.
 test: contracts
 	$(PY) -m pytest -q
+	if [ "$$CI" = "true" ]; then $(MAKE) test-daemons; fi
+
+# Tests against real engines started by the tests (marker `daemons`): a one-node Slurm cluster
+# (slurm-wlm, munge: installed here where make runs as root, as in CI), a two-node Ray cluster
+# and an S3-compatible moto server (the `daemons` extra).
+test-daemons-install: setup
+	if [ "$$(id -u)" = "0" ] && ! command -v slurmctld >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; fi
+	$(PIP) -e ".[dev,daemons]"
+
+test-daemons: test-daemons-install
+	$(PY) -m pytest -q -m daemons
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

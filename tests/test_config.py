@@ -242,3 +242,21 @@ def test_text_config(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     assert load_config(overrides={"text_encoder": str(folder)}).text_encoder == str(folder)
+
+
+def test_resources_are_one_table_per_expert_or_none(tmp_path):
+    from hetdiff.config import ResourceSettings
+
+    path = tmp_path / "r.toml"
+    path.write_text('[[resources]]\ncpus = 4\npartition = "gpu"\nray_resources = ["island-a"]\n')
+    with pytest.raises(HetdiffError, match="1 resources tables for 4 experts"):
+        load_config(path)
+    path.write_text(path.read_text() * 4)
+    config = load_config(path)
+    assert config.resources_of(3) == ResourceSettings(
+        cpus=4, partition="gpu", ray_resources=("island-a",)
+    )
+    assert load_config().resources_of(0) == ResourceSettings()  # the defaults once
+    path.write_text("[[resources]]\ncpus = 0\n" * 4)
+    with pytest.raises(HetdiffError, match="resources\\[0\\].cpus must be >= 1"):
+        load_config(path)

@@ -62,8 +62,8 @@ def test_quick_runs_the_config_quick_preset_and_prints_one_line_per_strategy(
     seen = {}
 
     class FakeRun:
-        def __init__(self, config, out):
-            seen["config"], seen["out"] = config, out
+        def __init__(self, config, out, **options):
+            seen["config"], seen["out"], seen["options"] = config, out, options
 
         def execute(self):
             return {"strategies": {"top1": {"fid": 41.23456, "n": 16}, "full": {"fid": 39.0}}}
@@ -75,5 +75,6 @@ def test_quick_runs_the_config_quick_preset_and_prints_one_line_per_strategy(
     assert main(["run", str(config), "--quick", "--out", out]) == 0
     assert seen["config"] == load_config(config, preset="quick") and seen["out"] == out
     assert seen["config"].data == "digits" and seen["config"].cluster.k == 2
+    assert seen["options"] == {"launcher": "local", "allow_missing": False}
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["    top1: fid=41.23", "    full: fid=39", f"report: {out}/report.html"]

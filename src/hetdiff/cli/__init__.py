@@ -31,7 +31,11 @@ configure_this_process()
 # Subcommand modules, in help order. A module not written yet is skipped.
 COMMANDS = [
     "run",
+    "status",
     "cluster",
+    "export_data",
+    "features",
+    "split",
     "train_expert",
     "train_router",
     "sample",
@@ -55,6 +59,9 @@ OUT_KINDS = {
     "evaluate": "file",
     "convert": "dir",
     "distill": "dir",
+    "export-data": "dir",
+    "features": "dir",
+    "split": "dir",
 }
 TRUST_ENV = "HETDIFF_TRUST_UNSIGNED"  # hetdiff.experts.signed.TRUST_ENV (read by the loaders)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hetdiff.config import LAUNCHERS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -19,11 +21,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a tiny run that finishes in ~2 minutes (hetdiff.config.QUICK replaces the "
         "config's keys it names)",
     )
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="where the experts train: processes here, one Slurm job each (submitit) or one "
+        "Ray task each; per-expert [[resources]] in the config (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="go on without experts whose job failed for good (named in the log and report); "
+        "the router is renormalized over the experts present",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hetdiff.pipeline import run_pipeline
 
-    run_pipeline(args.config, args.out, preset="quick" if args.quick else None)
+    run_pipeline(
+        args.config,
+        args.out,
+        preset="quick" if args.quick else None,
+        launcher=args.launcher,
+        allow_missing=args.allow_missing,
+    )
     return 0

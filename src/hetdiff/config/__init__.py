@@ -9,6 +9,7 @@ from hetdiff.config.fields import build_settings
 from hetdiff.config.loading import load_config, read_config_file, validate_run
 from hetdiff.config.settings import (
     EVALUATE_STRATEGIES,
+    LAUNCHERS,
     MIXED_PRECISION,
     PRESETS,
     QUICK,
@@ -20,6 +21,7 @@ from hetdiff.config.settings import (
     DistillSettings,
     EvalSettings,
     ExpertSettings,
+    ResourceSettings,
     RouterSettings,
     RunConfig,
     SampleSettings,
@@ -27,6 +29,7 @@ from hetdiff.config.settings import (
 
 __all__ = [
     "EVALUATE_STRATEGIES",
+    "LAUNCHERS",
     "MIXED_PRECISION",
     "PRESETS",
     "QUICK",
@@ -38,6 +41,7 @@ __all__ = [
     "DistillSettings",
     "EvalSettings",
     "ExpertSettings",
+    "ResourceSettings",
     "RouterSettings",
     "RunConfig",
     "SampleSettings",

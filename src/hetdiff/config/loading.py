@@ -28,6 +28,11 @@ def validate_run(config: RunConfig) -> RunConfig:
             f"cluster.k = {config.cluster.k} but {len(config.experts)} experts are listed; "
             "list one expert per cluster"
         )
+    if config.resources and len(config.resources) != len(config.experts):
+        raise HetdiffError(
+            f"{len(config.resources)} resources tables for {len(config.experts)} experts; "
+            "list one [[resources]] per expert, in order, or none for the defaults"
+        )
     for i, expert in enumerate(config.experts):
         if expert.model not in DIT_CONFIGS:
             close = difflib.get_close_matches(expert.model, DIT_CONFIGS, n=1)

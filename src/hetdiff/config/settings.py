@@ -31,6 +31,7 @@ EVALUATE_STRATEGIES = ("top1", "full")  # what `hetdiff evaluate` measures by de
 SOLVERS = ("euler", "heun")  # ODE solvers on the flow path
 SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIM timestep_spacing options
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+LAUNCHERS = ("local", "slurm", "ray")  # where `hetdiff run` trains its experts (hetdiff.launch)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,33 @@ class DistillSettings:
         one_of(self, "mixed_precision", MIXED_PRECISION)
 
 
+@dataclass(frozen=True)
+class ResourceSettings:
+    """Where and with what one expert trains under a remote launcher (``hetdiff run
+    --launcher slurm|ray``; the local launcher ignores them). Islands differ, so each expert
+    has its own (``RunConfig.resources``)."""
+
+    cpus: int = 1  # CPU cores (Slurm cpus_per_task, Ray num_cpus); also the job's torch threads
+    gpus: int = 0  # GPUs (Slurm --gpus-per-node, Ray num_gpus)
+    mem: str | None = None  # Slurm --mem, e.g. "16G" (None: the partition's default)
+    time: int = 60  # time limit in minutes; at the limit Slurm requeues and the job resumes
+    partition: str | None = None  # Slurm partition (None: the cluster's default)
+    account: str | None = None  # Slurm account (None: the user's default)
+    requeues: int = 3  # Slurm: how often a preempted or timed-out job is requeued
+    ray_resources: tuple[str, ...] = ()  # Ray custom resources the task needs, 1 each (a node)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least(self, 1, "cpus", "time")
+        at_least(self, 0, "gpus", "requeues")
+        for name in ("mem", "partition", "account"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise HetdiffError(f"ResourceSettings.{name} must be a non-empty string or null")
+        if any(not label.strip() for label in self.ray_resources):
+            raise HetdiffError("ResourceSettings.ray_resources must list non-empty names")
+
+
 def _default_experts() -> tuple[ExpertSettings, ...]:
     # the default mixes objectives: 2 DDPM experts on different schedules, 2 flow experts,
     # 600 steps each (the default run's budget: about 8 minutes on 2 cores in all)
@@ -262,6 +290,8 @@ class RunConfig:
     router: RouterSettings = field(default_factory=RouterSettings)
     sample: SampleSettings = field(default_factory=SampleSettings)
     evaluate: EvalSettings = field(default_factory=EvalSettings)
+    # one per expert, in order, for remote launchers; empty: ResourceSettings() for every expert
+    resources: tuple[ResourceSettings, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -271,6 +301,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resources_of(self, k: int) -> ResourceSettings:
+        """Expert ``k``'s resources (the defaults when ``resources`` is empty)."""
+        return self.resources[k] if self.resources else ResourceSettings()
 
 
 # `hetdiff run --quick`: a two-minute run (pixel clusters, 60 steps per expert, no FID)

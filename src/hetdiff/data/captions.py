@@ -27,6 +27,7 @@ from torch import Tensor
 
 from hetdiff.data.datasets import IMAGEFOLDER_PREFIX, ImageDataset
 from hetdiff.data.imagefolder import list_image_files
+from hetdiff.data.shards import is_shard_spec
 from hetdiff.data.sources import IMAGEFOLDER_ID_BASE, IMAGEFOLDER_ID_STRIDE
 from hetdiff.errors import HetdiffError
 
@@ -88,6 +89,8 @@ def _article(name: str) -> str:
 def class_captions(class_name: str) -> tuple[str, ...]:
     """Every template caption of a global class name ``"<source>/<class>"`` (or a bare name)."""
     source, _, name = class_name.rpartition("/")
+    if is_shard_spec(source):  # "wds:DIR/mnist5k/seven" (exported): the class's own source
+        source = source.rpartition("/")[2]
     if source.startswith(IMAGEFOLDER_PREFIX) or source not in SOURCE_TEMPLATES:
         family = "generic"
     else:

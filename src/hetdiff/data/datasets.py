@@ -7,10 +7,12 @@ A spec names one source or joins several with ``+``::
     fashion-mnist           70k Fashion-MNIST (Debian's dataset-fashion-mnist IDX files)
     digits                  1797 8x8 digits (sklearn's CSV)
     imagefolder:PATH        PATH/<class>/*.png|jpg|jpeg (see hetdiff.data.imagefolder)
+    wds:PATTERN             webdataset tar shards, e.g. wds:shards/{00000..00007}.tar or a folder
+                            with index.json (see hetdiff.data.shards); also parquet:PATH, hf:PATH
     mnist5k+animal-mnist    the union, DEFAULT_DATA
 
-Every source owns a fixed id range (``hetdiff.data.sources.BUILTIN_SOURCES``; image folders from
-``IMAGEFOLDER_ID_BASE``, one stride per folder in spec order), so a sample's global id is the same
+Every source owns a fixed id range (``hetdiff.data.sources.BUILTIN_SOURCES``; image folders and
+shard sources from ``IMAGEFOLDER_ID_BASE``, one stride per such part in spec order), so a sample's global id is the same
 alone or in any union. Labels index the concatenated class list, each name prefixed by its source
 (``"mnist5k/seven"``); ``sources`` indexes ``source_names``.
 
@@ -33,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hetdiff.data.imagefolder import read_image_folder
+from hetdiff.data.shard_dataset import read_shard_source
+from hetdiff.data.shards import is_shard_spec
 from hetdiff.data.sources import (
     BUILTIN_SOURCES,
     IMAGEFOLDER_ID_BASE,
@@ -184,6 +188,10 @@ def load_dataset(
             count = sum(base >= IMAGEFOLDER_ID_BASE for base in bases)
             bases.append(IMAGEFOLDER_ID_BASE + count * IMAGEFOLDER_ID_STRIDE)
             raws.append(read_image_folder(folder, name=part, strict=strict))
+        elif is_shard_spec(part):
+            count = sum(base >= IMAGEFOLDER_ID_BASE for base in bases)
+            bases.append(IMAGEFOLDER_ID_BASE + count * IMAGEFOLDER_ID_STRIDE)
+            raws.append(read_shard_source(part))
         else:
             reader, base = BUILTIN_SOURCES[part]
             bases.append(base)
@@ -201,17 +209,21 @@ def split_spec(spec: str) -> list[str]:
     parts: list[str] = []
     for token in spec.split("+"):
         name = token.strip()
-        is_source = name in BUILTIN_SOURCES or name.startswith(IMAGEFOLDER_PREFIX)
-        if parts and parts[-1].startswith(IMAGEFOLDER_PREFIX) and not is_source:
+        is_source = (
+            name in BUILTIN_SOURCES or name.startswith(IMAGEFOLDER_PREFIX) or is_shard_spec(name)
+        )
+        joinable = parts and (parts[-1].startswith(IMAGEFOLDER_PREFIX) or is_shard_spec(parts[-1]))
+        if joinable and not is_source:
             parts[-1] = f"{parts[-1]}+{token}"
         else:
             parts.append(name)
     for part in parts:
-        if part not in BUILTIN_SOURCES and not part.startswith(IMAGEFOLDER_PREFIX):
+        known = part in BUILTIN_SOURCES or part.startswith(IMAGEFOLDER_PREFIX)
+        if not known and not is_shard_spec(part):
             valid = ", ".join(available_datasets())
             raise HetdiffError(
-                f"unknown dataset {part!r} in {spec!r}; valid: {valid}, imagefolder:PATH "
-                "(join several with +)"
+                f"unknown dataset {part!r} in {spec!r}; valid: {valid}, imagefolder:PATH, "
+                "wds:PATTERN, parquet:PATH, hf:PATH (join several with +)"
             )
     repeated = sorted({part for part in parts if parts.count(part) > 1})
     if repeated:

@@ -235,7 +235,12 @@ def get_encoder(
     state: dict[str, np.ndarray] | None = None,
 ) -> Encoder:
     """Build an encoder by registered name or by a full key (``efficientnet-lite0@224``,
-    ``pixels+pca64``, as recorded in manifests). ``state`` restores fitted state."""
+    ``pixels+pca64``, as recorded in manifests), or ``hf:PATH`` (a local DINOv2 or CLIP vision
+    folder, ``hetdiff.data.hf_encoders``). ``state`` restores fitted state."""
+    if name.startswith("hf:"):  # a local Hugging Face folder (hetdiff.data.hf_encoders)
+        from hetdiff.data.hf_encoders import HFImageEncoder
+
+        return HFImageEncoder(name[3:])
     options: dict[str, int | None] = {"resolution": resolution, "pca_dim": pca_dim}
     base = name
     for pattern, parse in _KEY_PATTERNS:

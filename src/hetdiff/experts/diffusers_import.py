@@ -34,7 +34,7 @@ from hetdiff.errors import HetdiffError
 from hetdiff.experts.diffusers_model import diffusers_model_dict, model_side, out_channels_of
 from hetdiff.experts.spec import ExpertSpec
 from hetdiff.models.diffusers_net import DIFFUSERS_CLASSES, UNET, context_dim_of, num_classes_of
-from hetdiff.objectives.kinds import DDPM, FLOW
+from hetdiff.objectives.kinds import DDPM, FLOW, uses_schedule
 from hetdiff.objectives.schedules import make_schedule
 
 MODEL_CONFIG = "config.json"
@@ -303,7 +303,7 @@ def scheduler_config_for(spec: ExpertSpec) -> dict[str, Any]:
     if isinstance(recorded, dict):
         return dict(recorded)
     version = diffusers.__version__
-    if spec.objective == FLOW:
+    if not uses_schedule(spec.objective):  # a flow expert: no discrete schedule to write
         steps = int(spec.time_scale) if float(spec.time_scale).is_integer() else spec.time_scale
         return {"_class_name": FLOW_SCHEDULERS[0], "_diffusers_version": version,
                 "num_train_timesteps": steps, "shift": 1.0}  # fmt: skip

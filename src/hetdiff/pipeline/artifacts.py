@@ -49,4 +49,5 @@ def run_record(config: RunConfig, layout: RunLayout) -> RunRecord:
         router_weights=_read_json(samples / "router_weights.json"),
         prompt_strategy=prompts_listing.get("strategy"),
         prompts=prompts,
+        missing_clusters=tuple((_read_json(layout.marker("experts")) or {}).get("missing", ())),
     )

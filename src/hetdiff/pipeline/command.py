@@ -22,7 +22,11 @@ def strategy_summary(metrics: dict[str, Any]) -> list[str]:
 
 
 def run_pipeline(
-    config_path: str | Path | None, out: str | Path, preset: str | None = None
+    config_path: str | Path | None,
+    out: str | Path,
+    preset: str | None = None,
+    launcher: str = "local",
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline into the folder ``out`` and return its metrics.
 
@@ -30,9 +34,11 @@ def run_pipeline(
     ``preset`` (``"quick"``: ``hetdiff.config.QUICK``); it is validated completely before the
     first stage starts, so a bad strategy or solver leaves ``out`` untouched. A killed run
     resumes from its finished stages. Prints one summary line per strategy and the report path.
+    ``launcher`` picks where the experts train (``hetdiff.launch``: local, slurm, ray);
+    ``allow_missing`` goes on without experts that failed for good (``Run``).
     """
     config = load_config(config_path, preset=preset)
-    metrics = Run(config, out).execute()
+    metrics = Run(config, out, launcher=launcher, allow_missing=allow_missing).execute()
     for line in strategy_summary(metrics):
         print(line)
     print(f"report: {out}/report.html")

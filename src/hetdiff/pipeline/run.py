@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from hetdiff.config import RunConfig
+from hetdiff.config import LAUNCHERS, RunConfig
 from hetdiff.errors import HetdiffError
 from hetdiff.io import atomic_path, atomic_write_json
 from hetdiff.pipeline.layout import RunLayout
-from hetdiff.threads import WAIT_POLICY, threads_per_worker
+from hetdiff.threads import threads_per_worker
 
 STAGES = ("cluster", "experts", "router", "sample", "evaluate", "report")
 
@@ -57,6 +54,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
 }
 STAGE_INPUTS["report"] = STAGE_INPUTS["evaluate"]
+_PLACEMENT_KEYS = ("resources",)  # config keys that say where, not what: changeable on a rerun
 
 
 def _log(message: str) -> None:
@@ -66,10 +64,24 @@ def _log(message: str) -> None:
 class Run:
     """One run folder and its config."""
 
-    def __init__(self, config: RunConfig, out: str | Path) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path,
+        launcher: str = "local",
+        allow_missing: bool = False,
+    ) -> None:
+        """``launcher``: where the experts train (``hetdiff.config.LAUNCHERS``);
+        ``allow_missing``: an expert that fails for good is reported and left out of the
+        ensemble (the router renormalized over the experts present) instead of stopping."""
+        if launcher not in LAUNCHERS:
+            raise HetdiffError(f"unknown launcher {launcher!r}; use {', '.join(LAUNCHERS)}")
         self.config = config
         self.out = Path(out)
         self.layout = RunLayout(self.out)
+        self.launcher = launcher
+        self.allow_missing = allow_missing
+        self.missing: list[int] = []
         self._dataset = None
 
     # -- folders (named once, in RunLayout) ----------------------------------------------------
@@ -125,7 +137,8 @@ class Run:
         marker = self._marker(stage)
         if not marker.is_file():
             return False
-        return json.loads(marker.read_text()).get("key") == self.stage_key(stage)
+        info = json.loads(marker.read_text())  # missing experts: a rerun tries them again
+        return info.get("key") == self.stage_key(stage) and not info.get("missing")
 
     def mark(self, stage: str, **info: Any) -> None:
         atomic_write_json(self._marker(stage), {"key": self.stage_key(stage), **info})
@@ -138,6 +151,9 @@ class Run:
         if saved.is_file():
             previous = json.loads(saved.read_text())
             current = json.loads(json.dumps(self.config.to_dict()))
+            for key in _PLACEMENT_KEYS:  # where experts train does not change what they are
+                previous.pop(key, None)
+                current.pop(key, None)
             if previous != current:
                 differing = sorted(k for k in current if previous.get(k) != current.get(k))
                 raise HetdiffError(
@@ -165,7 +181,8 @@ class Run:
             _log(f"stage {stage}: start")
             getattr(self, f"stage_{stage}")()
             timings[stage] = round(time.time() - t0, 1)
-            self.mark(stage, seconds=timings[stage])
+            missing = {"missing": self.missing} if stage == "experts" and self.missing else {}
+            self.mark(stage, seconds=timings[stage], **missing)
             _log(f"stage {stage}: finished in {timings[stage]} s")
         _log(f"run finished in {time.time() - started:.0f} s: {self.layout.report}")
         return json.loads(self.layout.metrics.read_text())
@@ -190,32 +207,47 @@ class Run:
         _log(f"cluster sizes: {list(partition.sizes)}")
 
     def stage_experts(self) -> None:
-        """Train every expert in its own process, up to ``workers`` at a time."""
-        pending = list(range(len(self.config.experts)))
-        running: list[tuple[int, subprocess.Popen, Any]] = []
+        """Train every expert as its own job on the run's launcher (``hetdiff.launch``): the
+        local launcher runs ``workers`` processes at a time here, Slurm and Ray each expert
+        where its ``resources`` say. A finished expert is kept, an expert whose job is still
+        pending or running (a previous ``hetdiff run`` submitted it) is followed, not
+        resubmitted; the rest are (re)submitted and resume from their last checkpoint. Experts
+        that fail are named; with ``allow_missing`` the run goes on without them."""
+        from hetdiff.launch import ACTIVE, make_launcher
+        from hetdiff.launch.base import last_log_line
+
+        launcher = make_launcher(self.launcher, self.config.workers)
         threads = threads_per_worker(self.config.workers)  # the cores this run may use, shared
-        failures = []
-        while pending or running:
-            while pending and len(running) < self.config.workers:
-                k = pending.pop(0)
-                if self._expert_finished(k):
-                    _log(f"expert {k}: finished before, kept")
-                    continue
-                running.append(self._launch_expert(k, threads))
-            for item in list(running):
-                k, proc, log = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                log.close()
-                if proc.returncode != 0:
-                    tail = (self.expert_dir(k) / "stdout.log").read_text().strip().splitlines()
-                    failures.append(f"expert {k}: {tail[-1] if tail else 'failed'}")
-                else:
-                    _log(f"expert {k}: trained")
-            time.sleep(0.2)
-        if failures:
-            raise HetdiffError("; ".join(failures) + f" (logs in {self.experts_dir})")
+        followed = []
+        for k in range(len(self.config.experts)):
+            if self._expert_finished(k):
+                _log(f"expert {k}: finished before, kept")
+                continue
+            sub = self._expert_submission(k, threads)
+            if launcher.status(sub) in ACTIVE:
+                _log(f"expert {k}: its {self.launcher} job is queued or running, following it")
+            else:
+                self._write_job(k)
+                e = self.config.experts[k]
+                _log(f"expert {k}: {e.objective}/{e.prediction} {e.schedule or ''} "
+                     f"submitted to the {self.launcher} launcher")  # fmt: skip
+                launcher.submit(sub)
+            followed.append(sub)
+        launcher.wait(followed, log=_log)
+        failures = {}
+        for sub in followed:
+            if self._expert_finished(sub.index):
+                _log(f"expert {sub.index}: trained")
+            else:
+                failures[sub.index] = f"expert {sub.index}: {last_log_line(sub.folder)}"
+        self.missing = sorted(failures)
+        if failures and not self.allow_missing:
+            raise HetdiffError(
+                "; ".join(failures.values()) + f" (logs in {self.experts_dir}; rerun to resume, "
+                "or pass --allow-missing to go on without them)"
+            )
+        for k, failure in failures.items():
+            _log(f"{failure}; missing: the ensemble goes on without cluster {k}")
 
     def _expert_finished(self, k: int) -> bool:
         """True when ``expert-k/expert.safetensors`` verifies against its digest and records
@@ -231,10 +263,18 @@ class Run:
         except HetdiffError:
             return False
 
-    def _launch_expert(self, k: int, threads: int):
+    def _expert_submission(self, k: int, threads: int):
+        """Expert ``k``'s job: ``threads`` threads here, its ``resources.cpus`` on an island."""
+        from hetdiff.launch import ExpertSubmission
+
+        resources = self.config.resources_of(k)
+        remote_threads = threads if self.launcher == "local" else resources.cpus
+        return ExpertSubmission(k, self.expert_dir(k) / "job.json", resources, remote_threads)
+
+    def _write_job(self, k: int) -> None:
         """Write ``expert-k/job.json`` (an ``ExpertJob``: the run's settings for expert k with
-        seed ``seed + k``, 4 checkpoints and the run's conditioning) and start
-        ``python -m hetdiff.training.jobs`` on it in its own process, logging to stdout.log."""
+        seed ``seed + k``, 4 checkpoints and the run's conditioning); every launcher runs
+        ``python -m hetdiff.training.jobs`` on it, logging to stdout.log."""
         import dataclasses
 
         from hetdiff.training.jobs import ExpertJob
@@ -256,22 +296,10 @@ class Run:
             resolution=self.config.resolution, partition=str(self.partition_path), cluster=k,
             resume=resume,
         )  # fmt: skip
-        job_path = folder / "job.json"
-        with atomic_path(job_path) as tmp:
+        with atomic_path(folder / "job.json") as tmp:
             tmp.write_text(job.to_json())
         if resume:
             _log(f"expert {k}: resuming from its last checkpoint")
-        cmd = [sys.executable, "-m", "hetdiff.training.jobs", str(job_path)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)  # idle OpenMP threads sleep, not spin
-        log = open(folder / "stdout.log", "a")
-        _log(
-            f"expert {k}: {e.objective}/{e.prediction} {e.schedule or ''} training in its own process"
-        )
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-        )
-        return k, proc, log
 
     def stage_router(self) -> None:
         import dataclasses
@@ -302,8 +330,9 @@ class Run:
         s = self.config.sample
         n = max(s.n, self.config.evaluate.n)
         drawn = draw_samples(
-            self.experts_dir, self.router_dir, self.dataset, s, n, self.config.seed, log=_log
-        )
+            self.experts_dir, self.router_dir, self.dataset, s, n, self.config.seed, log=_log,
+            allow_missing=self.allow_missing,
+        )  # fmt: skip
         named = [*drawn.strategies.items()]
         named += [(f"expert-{k}", samples) for k, samples in sorted(drawn.experts.items())]
         for name, samples in named:
@@ -364,18 +393,6 @@ class Run:
 
 def _has_committed_state(folder: Path) -> bool:
     """Whether ``folder/train_state`` holds a committed (verified) checkpoint to resume."""
-    from hetdiff.training.loop import STATE_DIRNAME
-    from hetdiff.training.state import read_manifest
+    from hetdiff.launch import committed_state
 
-    return read_manifest(folder / STATE_DIRNAME) is not None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the child gets SIGKILL when the pipeline dies, so no orphan keeps training."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
+    return committed_state(folder)

@@ -46,6 +46,7 @@ def draw_samples(
     strategies: tuple[str, ...] | None = None,
     per_expert: bool = True,
     log: Callable[[str], None] = print,
+    allow_missing: bool = False,
 ) -> DrawnSamples:
     """``n`` samples from every strategy in ``strategies`` (default ``settings.strategies``) and,
     with ``per_expert``, from each expert of ``experts_dir`` alone.
@@ -53,7 +54,8 @@ def draw_samples(
     The ensemble samples with labels (or captions) of ``n`` rows drawn from ``dataset`` with
     ``seed`` and guidance ``settings.cfg``; an expert alone samples unconditionally (the null
     label; a text expert the null caption at guidance 1). Experts are named by the cluster id in
-    their spec, not by their file names.
+    their spec, not by their file names. ``allow_missing``: clusters without an expert are left
+    out, the router renormalized over the experts present.
     """
     entries = list_experts(experts_dir)
     spec = entries[0][1]
@@ -66,8 +68,9 @@ def draw_samples(
     for strategy in strategies or settings.strategies:
         record = strategy == "full"
         ens = load_ensemble(
-            experts_dir, router, strategy=strategy, top_k=settings.top_k, seed=seed, record=record
-        )
+            experts_dir, router, strategy=strategy, top_k=settings.top_k, seed=seed,
+            record=record, allow_missing=allow_missing,
+        )  # fmt: skip
         t0 = time.time()
         images = generate(
             ens, shape, seeds, settings.steps, settings.solver,

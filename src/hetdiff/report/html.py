@@ -99,6 +99,13 @@ def write_report(record: RunRecord, path: str | Path) -> Path:
         f"K = {record.num_clusters} experts trained in isolation, one per cluster; a router mixes "
         "them in velocity space.</p>"
     )
+    if record.missing_clusters:
+        names = ", ".join(str(k) for k in record.missing_clusters)
+        parts.append(
+            f"<p class='missing'><b>Missing: the expert of cluster {names}</b> failed for good; "
+            "the ensemble samples from the experts present, the router renormalized over "
+            "them.</p>"
+        )
     if record.text_encoder is not None:
         parts.append(
             f"<p>Conditioned on captions embedded by <b>{html.escape(record.text_encoder)}</b>: "

@@ -46,3 +46,4 @@ class RunRecord:
     router_weights: dict[str, Any] | None = None  # {"t": [...], "weights": [step][sample][k]}
     prompt_strategy: str | None = None
     prompts: tuple[PromptRecord, ...] = field(default_factory=tuple)
+    missing_clusters: tuple[int, ...] = ()  # clusters whose expert failed (--allow-missing)

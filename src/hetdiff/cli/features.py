@@ -1,0 +1,43 @@
+"""``hetdiff features``: image features of every shard, one file set per shard (resumable).
+
+    hetdiff features --data wds:shards/{00000..00099}.tar --encoder NAME --out FEATURES
+    torchrun --standalone --nproc_per_node 2 -m hetdiff features ...   (ranks take whole shards)
+
+``--encoder`` is a registered encoder or ``hf:PATH``, a local DINOv2 or CLIP vision folder.
+The work is ``hetdiff.pipeline.shards.features_command``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hetdiff.data.features import DEFAULT_ENCODER, available_encoders
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``features`` subcommand."""
+    parser = subparsers.add_parser(
+        "features",
+        help="encode every shard's images (per-shard files; torchrun-parallel; resumable)",
+        description="Per-shard image features for clustering at scale.",
+    )
+    parser.add_argument("--data", required=True, help="shard spec: wds:, parquet: or hf:")
+    parser.add_argument(
+        "--encoder",  # not choices=: hf:PATH names a folder
+        default=DEFAULT_ENCODER,
+        help=f"{', '.join(available_encoders())} or hf:PATH (default {DEFAULT_ENCODER})",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+    parser.add_argument("--out", required=True, help="features folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from hetdiff.pipeline.shards import features_command
+
+    features_command(
+        args.data, args.out, args.encoder, batch_size=args.batch_size, progress=not args.quiet
+    )
+    return 0

@@ -1,0 +1,115 @@
+"""A run's artifact root at any fsspec URL (a local folder, ``s3://``, ``gs://``, ...).
+
+Writes are atomic on object stores too: an object is uploaded under a temporary key beside its
+final one (``.NAME.<random>.tmp``), then copied to the final key in one server-side operation and
+the temporary key deleted, so a reader of the final key sees the old object or the complete new
+one, never a part (an upload interrupted halfway leaves at most a temporary key, never a final
+one). Local roots use ``hetdiff.io.atomic_path``. Every expert checkpoint read back is verified
+against its own digest (``hetdiff.experts.store``: sha256 over metadata and tensors) before it is
+used; a checkpoint whose bytes changed in the store is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hetdiff.errors import HetdiffError
+from hetdiff.io import TEMP_SUFFIX, atomic_path
+
+CHUNK = 8 * 2**20  # bytes per write when streaming a file up
+
+
+class ArtifactStore:
+    """Objects under ``root`` (an fsspec URL or a local path), addressed by '/'-separated keys."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        try:
+            self.fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
+        except (ImportError, ValueError) as err:
+            raise HetdiffError(f"cannot open artifact root {root}: {err}".splitlines()[0]) from None
+        self.root = str(root).rstrip("/")
+        self._base = path.rstrip("/")
+
+    def path(self, key: str) -> str:
+        """The file-system path of ``key`` (for ``self.fs``)."""
+        return f"{self._base}/{key.strip('/')}"
+
+    def url(self, key: str) -> str:
+        return f"{self.root}/{key.strip('/')}"
+
+    @property
+    def is_local(self) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
+        return isinstance(self.fs, LocalFileSystem)
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path(key)))
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write the concatenated ``chunks`` to ``key`` atomically (see the module docstring);
+        on any error the final key is untouched and the temporary key removed."""
+        final = self.path(key)
+        if self.is_local:
+            with atomic_path(final) as tmp, open(tmp, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+            return
+        folder, name = final.rsplit("/", 1)
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        try:
+            with self.fs.open(temporary, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+            self.fs.copy(temporary, final)  # one server-side copy: all or nothing
+        except OSError as err:
+            raise HetdiffError(f"cannot write {self.url(key)}: {err}".splitlines()[0]) from None
+        finally:
+            try:
+                if self.fs.exists(temporary):
+                    self.fs.rm(temporary)
+            except OSError:
+                pass  # a stray temporary key is invisible under the final key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` to ``key`` atomically."""
+        self.put_chunks(key, [data])
+
+    def put_file(self, key: str, local: str | Path) -> None:
+        """Upload the local file ``local`` to ``key`` atomically, in chunks."""
+        self.put_chunks(key, _read_chunks(Path(local)))
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise HetdiffError(f"{self.url(key)} not found in the artifact store") from None
+
+    def fetch_expert(self, key: str, dest: str | Path) -> Path:
+        """Download the expert checkpoint at ``key`` to the local file ``dest`` and verify it
+        against its digest (``experts.store.read_spec``); a checkpoint changed in the store is
+        refused (one-line error naming its URL) and nothing is left at ``dest``."""
+        from hetdiff.experts.store import read_spec
+
+        dest = Path(dest)
+        with atomic_path(dest) as tmp:  # renamed onto dest only once verified
+            tmp.write_bytes(self.get_bytes(key))
+            try:
+                read_spec(tmp)
+            except HetdiffError as err:
+                raise HetdiffError(
+                    f"expert checkpoint {self.url(key)} does not verify ({err}); "
+                    "its bytes changed in the store: upload it again from its island"
+                ) from None
+        return dest
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk

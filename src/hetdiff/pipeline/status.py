@@ -1,0 +1,74 @@
+"""``hetdiff status RUN``: each expert's state, from its files and its launcher's record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hetdiff.errors import HetdiffError
+from hetdiff.launch import COMPLETED, read_record
+from hetdiff.pipeline.layout import RunLayout
+
+
+def expert_states(out: str | Path) -> list[dict[str, Any]]:
+    """One entry per expert of the run in ``out``: ``expert`` (k), ``launcher``, ``job_id``,
+    ``state`` (``COMPLETED`` when its checkpoint verifies with all its steps; a Slurm job's live
+    state; else the last recorded one, or ``NOT SUBMITTED``) and ``step`` (the last committed
+    training step, or None)."""
+    from hetdiff.config import RunConfig, build_settings
+    from hetdiff.experts.store import read_spec
+    from hetdiff.launch.base import ExpertSubmission
+    from hetdiff.training.loop import STATE_DIRNAME
+    from hetdiff.training.state import read_manifest
+
+    layout = RunLayout(Path(out))
+    if not layout.config.is_file():
+        raise HetdiffError(f"{out} holds no hetdiff run (no config.json); pass a run folder")
+    values = json.loads(layout.config.read_text())
+    if not values.get("resources"):  # saved as [] when the run used the defaults
+        values.pop("resources", None)
+    config = build_settings(RunConfig, values)
+    entries = []
+    for k, expert in enumerate(config.experts):
+        folder = layout.expert(k)
+        record = read_record(folder) or {}
+        state = record.get("state", "NOT SUBMITTED")
+        if record.get("launcher") == "slurm":  # Slurm remembers its jobs: ask it
+            from hetdiff.launch.slurm import SlurmLauncher
+
+            sub = ExpertSubmission(k, folder / "job.json", config.resources_of(k), 1)
+            state = SlurmLauncher().status(sub) or state
+        try:
+            manifest = read_manifest(folder / STATE_DIRNAME)
+        except HetdiffError:
+            manifest = None
+        ckpt = folder / "expert.safetensors"
+        try:
+            if ckpt.is_file() and read_spec(ckpt).steps == expert.steps:
+                state = COMPLETED
+        except HetdiffError:
+            pass
+        entries.append(
+            {
+                "expert": k,
+                "launcher": record.get("launcher"),
+                "job_id": record.get("job_id"),
+                "state": state,
+                "step": None if manifest is None else manifest.get("step"),
+                "steps": expert.steps,
+            }
+        )
+    return entries
+
+
+def print_status(out: str | Path) -> list[dict[str, Any]]:
+    """Print one line per expert (``expert-k  launcher  job  state  step/steps``); return them."""
+    entries = expert_states(out)
+    for e in entries:
+        step = "-" if e["step"] is None else e["step"]
+        print(
+            f"expert-{e['expert']}  {e['launcher'] or '-':6}  job {e['job_id'] or '-':>12}  "
+            f"{e['state']:<13}  step {step}/{e['steps']}"
+        )
+    return entries

@@ -1,0 +1,226 @@
+"""``hetdiff export-data``, ``features`` and ``split``: features under torchrun equal
+single-process features for every key; a killed run resumes without recomputing finished
+shards; split writes K shard sets whose union is the data set, each key once; ``train-expert``
+trains from one cluster's shards; tiny random DINOv2 and CLIP vision folders encode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hetdiff.cli import main
+from hetdiff.data.shard_dataset import shard_keys
+from hetdiff.data.shard_features import INDEX_FILE
+
+BIN = Path(sys.executable).parent
+ENCODER = "efficientnet-lite0@32"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _features(folder: Path) -> dict[str, np.ndarray]:
+    rows = {}
+    for meta in json.loads((folder / INDEX_FILE).read_text())["shards"]:
+        name = Path(meta["shard"]).stem
+        keys = (folder / f"{name}.keys.txt").read_text().splitlines()
+        rows.update(zip(keys, np.load(folder / f"{name}.npy"), strict=True))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("shards")
+    argv = ["export-data", "--data", "digits", "--shards", "8", "--out", str(root / "wds")]
+    assert main(argv) == 0
+    return root, f"wds:{root / 'wds'}"
+
+
+def test_features_under_torchrun_equal_single_process(shards) -> None:
+    root, spec = shards
+    single = root / "single"
+    assert (
+        main(["features", "--data", spec, "--encoder", ENCODER, "--out", str(single), "--quiet"])
+        == 0
+    )
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "hetdiff"]
+    command += ["features", "--data", spec, "--encoder", ENCODER, "--out", str(root / "two")]
+    done = subprocess.run(
+        command + ["--quiet"], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank 1/2: encoded 4 shard(s)" in done.stdout
+    one, two = _features(single), _features(root / "two")
+    assert set(one) == set(two) == set(shard_keys(spec)) and len(one) == 1797
+    for key, row in one.items():
+        assert row.dtype == np.float16 and np.array_equal(row, two[key]), key
+
+
+def test_killed_run_resumes_without_recomputing(shards, tmp_path) -> None:
+    _, spec = shards
+    out = tmp_path / "feats"
+    command = [sys.executable, "-m", "hetdiff", "features", "--data", spec, "--encoder", ENCODER]
+    process = subprocess.Popen(command + ["--out", str(out)], env=_env(), stderr=subprocess.PIPE)
+    deadline = 120.0
+    import time
+
+    start = time.monotonic()
+    while len(list(out.glob("*.json"))) < 3 and time.monotonic() - start < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    finished = sorted(p.name for p in out.glob("0*.json"))
+    assert 3 <= len(finished) < 8 and not (out / INDEX_FILE).exists()
+    stamps = {name: (out / name).stat().st_mtime_ns for name in finished}
+    done = subprocess.run(
+        command + ["--out", str(out), "--quiet"], env=_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"skipped {len(finished)} finished shard(s)" in done.stdout
+    assert {name: (out / name).stat().st_mtime_ns for name in finished} == stamps
+    assert not list(out.glob(".*.tmp")) and len(_features(out)) == 1797
+
+
+def test_split_writes_k_shard_sets_covering_each_key_once(shards) -> None:
+    root, spec = shards
+    features = root / "single"
+    if not (features / INDEX_FILE).exists():
+        assert (
+            main(
+                [
+                    "features",
+                    "--data",
+                    spec,
+                    "--encoder",
+                    ENCODER,
+                    "--out",
+                    str(features),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    out = root / "split"
+    argv = ["split", "--data", spec, "--features", str(features), "--k", "3", "--per-shard", "200"]
+    assert main(argv + ["--out", str(out)]) == 0
+    record = json.loads((out / "split.json").read_text())
+    assert record["encoder"] == ENCODER and record["total"] == 1797 and record["subsample"] == 1797
+    source = set(shard_keys(spec))
+    seen: list[str] = []
+    for cluster in range(3):
+        index = json.loads((out / f"cluster-{cluster}" / "index.json").read_text())
+        originals = _source_keys(f"wds:{out / f'cluster-{cluster}'}")
+        assert len(originals) == index["total"] == record["counts"][cluster] > 0
+        seen += originals
+    assert sorted(seen) == sorted(source) and len(seen) == len(set(seen))
+    # an island trains from its own shards only
+    argv = [
+        "train-expert",
+        "--data",
+        f"wds:{out / 'cluster-1'}",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+    ]
+    argv += ["--out", str(root / "expert")]
+    assert main(argv + ["--model", "tiny", "--no-progress"]) == 0
+    assert (root / "expert" / "expert.safetensors").is_file()
+
+
+def _source_keys(spec: str) -> list[str]:
+    from hetdiff.data.shards import iter_shard, parse_shard_spec
+
+    shard_set = parse_shard_spec(spec)
+    return [
+        s.meta["source_key"] for shard in shard_set.shards for s in iter_shard(shard_set, shard)
+    ]
+
+
+def test_features_from_another_encoder_are_refused(shards, capsys) -> None:
+    root, spec = shards
+    features = root / "single"
+    if not (features / INDEX_FILE).exists():
+        assert (
+            main(
+                [
+                    "features",
+                    "--data",
+                    spec,
+                    "--encoder",
+                    ENCODER,
+                    "--out",
+                    str(features),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "features",
+                "--data",
+                spec,
+                "--encoder",
+                "efficientnet-lite0@48",
+                "--out",
+                str(features),
+            ]
+        )
+        == 2
+    )
+    assert f"come from encoder {ENCODER}, not efficientnet-lite0@48" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "clip"])
+def test_tiny_random_hf_encoders_extract_features(shards, tmp_path, kind) -> None:
+    transformers = pytest.importorskip("transformers")
+    _, spec = shards
+    if kind == "dinov2":
+        config = transformers.Dinov2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=32, patch_size=8,
+        )  # fmt: skip
+        model = transformers.Dinov2Model(config)
+    else:
+        config = transformers.CLIPVisionConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=32, patch_size=8, projection_dim=16,
+        )  # fmt: skip
+        model = transformers.CLIPVisionModel(config)
+    model.save_pretrained(tmp_path / "model")
+    shard = f"{spec}/00003.tar"
+    out = tmp_path / "feats"
+    argv = ["features", "--data", shard, "--encoder", f"hf:{tmp_path / 'model'}", "--out", str(out)]
+    assert main(argv + ["--quiet"]) == 0
+    index = json.loads((out / INDEX_FILE).read_text())
+    assert index["encoder"].startswith(f"hf:{config.model_type}@32:") and index["dim"] == 32
+    features = np.load(out / "00003.npy")
+    assert features.shape == (225, 32) and np.isfinite(features).all()
+    assert features.std(axis=0).mean() > 0  # different images, different CLS features
+
+
+def test_shard_that_disappears_between_runs_is_named(shards, tmp_path, capsys) -> None:
+    import shutil
+
+    root, _ = shards
+    for name in ("00000.tar", "00001.tar"):
+        shutil.copy(root / "wds" / name, tmp_path / name)
+    spec = f"wds:{tmp_path}/{{00000..00001}}.tar"
+    feats = tmp_path / "feats"
+    argv = ["features", "--data", spec, "--encoder", ENCODER, "--out", str(feats), "--quiet"]
+    assert main(argv) == 0
+    (tmp_path / "00001.tar").unlink()
+    argv = ["split", "--data", spec, "--features", str(feats), "--k", "2"]
+    assert main(argv + ["--out", str(tmp_path / "split")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "00001.tar cannot be opened" in err
+    assert not (tmp_path / "split" / "split.json").exists()
