@@ -44,8 +44,38 @@ _FREQUENCY_SIZE = 128  # sinusoidal features of t * time_scale fed to the time M
 #################################################################################
 
 
+class RouterConfigFields:
+    """What every router architecture config shares: its conditioning kind (from
+    ``num_classes`` and ``context_dim``) and a JSON round trip (what a ``RouterSpec`` stores as
+    ``model``). Mixed into the frozen dataclass of each router network."""
+
+    NAME = "RouterConfig"  # how errors name the config
+    num_classes: int
+    context_dim: int | None
+
+    @property
+    def conditioning(self) -> str:
+        """ "text" with a context width, else "class" with classes, else "none"."""
+        if self.context_dim is not None:
+            return "text"
+        return "class" if self.num_classes else "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Inverse of ``to_dict``; unknown keys are a one-line error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise HetdiffError(f"unknown {cls.NAME} keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(RouterConfigFields):
     """Architecture of one router. Defaults suit 28x28 gray data (about 40k parameters)."""
 
     num_clusters: int  # K: number of logits
@@ -74,28 +104,6 @@ class RouterConfig:
             )
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):
             raise HetdiffError(f"time_scale must be a positive number, got {self.time_scale!r}")
-
-    @property
-    def conditioning(self) -> str:
-        """ "text" with a context width, else "class" with classes, else "none"."""
-        if self.context_dim is not None:
-            return "text"
-        return "class" if self.num_classes else "none"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (what a ``RouterSpec`` stores as ``model``)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RouterConfig:
-        """Inverse of ``to_dict``; unknown keys are a one-line error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise HetdiffError(
-                f"unknown RouterConfig keys {unknown}; valid keys are {sorted(known)}"
-            )
-        return cls(**d)
 
 
 #################################################################################

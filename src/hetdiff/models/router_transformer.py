@@ -19,7 +19,6 @@ at zero, so an untrained router gives uniform weights.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from hetdiff.models.embeddings import (
     PooledContextEmbedder,
     TimestepEmbedder,
 )
+from hetdiff.models.router import RouterConfigFields
 
 MODULATIONS = ("adaln-single", "adaln-zero")
 
@@ -45,8 +45,10 @@ MODULATIONS = ("adaln-single", "adaln-zero")
 
 
 @dataclass(frozen=True)
-class TransformerRouterConfig:
+class TransformerRouterConfig(RouterConfigFields):
     """Architecture of one transformer router (defaults: a tiny CPU size for 8-32 px data)."""
+
+    NAME = "transformer router"  # how errors name the config (not a field)
 
     num_clusters: int  # K: number of logits
     resolution: int  # image side H = W
@@ -92,28 +94,6 @@ class TransformerRouterConfig:
             raise HetdiffError(
                 f"unknown modulation {self.modulation!r}; choose one of {', '.join(MODULATIONS)}"
             )
-
-    @property
-    def conditioning(self) -> str:
-        """ "text" with a context width, else "class" with classes, else "none"."""
-        if self.context_dim is not None:
-            return "text"
-        return "class" if self.num_classes else "none"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (a ``RouterSpec``'s ``model`` with arch "transformer")."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerRouterConfig:
-        """Inverse of ``to_dict``; unknown keys are a one-line error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise HetdiffError(
-                f"unknown transformer router keys {unknown}; valid keys are {sorted(known)}"
-            )
-        return cls(**d)
 
 
 #################################################################################
