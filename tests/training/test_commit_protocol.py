@@ -135,17 +135,23 @@ strategies = ["top1"]
 [evaluate]
 n = 8
 fid = false
+judge = false
 """
 ARTIFACTS = ("experts/expert-0/expert.safetensors", "experts/expert-1/expert.safetensors",
              "router/router.safetensors")  # fmt: skip
 # (expert 0's kill, the router's kill) per cycle: experts checkpoint at 2, 4, 6, 8 and the
-# router at 2, 4, 5; every point is hit once by each, the first-checkpoint one included
+# router at 2, 4, 5; every point is hit once by each, the first-checkpoint one included. A kill
+# that leaves expert 0 unfinished fails the run (exit 2, expert 0 named); the rerun resumes it
+# and is then killed in the router.
 RUN_CYCLES = [
     ("before-artifact:8:expert-0", "in-state:2:router"),
-    ("after-artifact:8:expert-0", "before-artifact:5:router"),
-    ("after-state:8:expert-0", "after-artifact:5:router"),
+    ("after-artifact:4:expert-0", "before-artifact:5:router"),
+    ("after-state:4:expert-0", "after-artifact:5:router"),
     ("in-state:2:expert-0", "after-state:5:router"),
 ]
+# A kill after the final artifact is written leaves a finished, correct expert: the run keeps
+# it and goes on to the end (the state that was not committed yet no longer matters).
+FINISHED_KILLS = ("after-artifact:8:expert-0", "after-state:8:expert-0")
 
 
 def test_hetdiff_run_killed_at_each_point_resumes_to_the_same_bytes(tmp_path):
@@ -156,7 +162,7 @@ def test_hetdiff_run_killed_at_each_point_resumes_to_the_same_bytes(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     expected = {name: (base / name).read_bytes() for name in ARTIFACTS}
     for expert_kill, router_kill in RUN_CYCLES:
-        out = tmp_path / expert_kill.split(":")[0]
+        out = tmp_path / expert_kill.replace(":", "-")
         first = hetdiff(["run", str(config), "--out", str(out)], kill=expert_kill)
         assert first.returncode == 2, first.stdout[-2000:] + first.stderr  # expert 0 died
         assert "expert 0:" in first.stderr and "Traceback" not in first.stderr
@@ -166,4 +172,12 @@ def test_hetdiff_run_killed_at_each_point_resumes_to_the_same_bytes(tmp_path):
         assert last.returncode == 0, last.stdout[-2000:] + last.stderr
         for name in ARTIFACTS:
             assert (out / name).read_bytes() == expected[name], (expert_kill, router_kill, name)
+        no_temporaries(out)
+    for expert_kill in FINISHED_KILLS:
+        out = tmp_path / expert_kill.replace(":", "-")
+        finished = hetdiff(["run", str(config), "--out", str(out)], kill=expert_kill)
+        assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr
+        assert "expert 0: trained" in finished.stdout
+        for name in ARTIFACTS:
+            assert (out / name).read_bytes() == expected[name], (expert_kill, name)
         no_temporaries(out)
