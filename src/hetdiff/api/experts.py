@@ -25,9 +25,16 @@ from hetdiff.sampling.ensemble import Ensemble
 EXPERT_FILE = "expert.safetensors"  # what `train_expert` writes in its folder
 
 
+def _local(path: str | Path) -> Path:
+    """``path`` itself, or a verified-on-read local copy when it is a store URL."""
+    from hetdiff.experts.artifact_store import is_url, local_copy
+
+    return local_copy(str(path)) if is_url(path) else Path(path)
+
+
 def _expert_file(path: str | Path) -> Path:
-    """A checkpoint path, or the checkpoint inside an expert's folder."""
-    path = Path(path)
+    """A checkpoint path, or the checkpoint inside an expert's folder (local or a store URL)."""
+    path = _local(path)
     return path / EXPERT_FILE if path.is_dir() else path
 
 
@@ -37,8 +44,8 @@ def load_expert(path: str | Path, device: torch.device | str = "cpu") -> Velocit
     Args:
         path: an expert checkpoint (``.safetensors`` written by ``train_expert``,
             ``hetdiff train-expert`` or ``hetdiff convert``) or the folder holding
-            ``expert.safetensors``. A local path: store URLs and exported diffusers-style trees
-            load through the store and export modules as they gain them.
+            ``expert.safetensors``: a local path or a store URL (``s3://...``, ``file://...``;
+            the file is copied to the cache and verified against its digest when read).
         device: where the network's weights go (default ``"cpu"``).
 
     Returns:
@@ -70,8 +77,11 @@ def load_ensemble(
 
     Args:
         experts: a folder of expert checkpoints (one per cluster, directly or one folder down),
-            or a ``hetdiff run`` folder (its ``experts/`` and ``router/`` are used).
-        router: the router checkpoint or its folder; ``None`` only for a run folder.
+            a ``hetdiff run`` folder (its ``experts/`` and ``router/`` are used), or an exported
+            diffusers-style tree (``hetdiff export``; its router is ``TREE/router``). Local, or
+            a store URL (``s3://...``): copied to the cache, each checkpoint verified on read.
+        router: the router checkpoint or its folder (local or a store URL); ``None`` only for a
+            run folder.
         strategy: ``"full"`` (every expert, weighted), ``"top-k"`` (the k largest weights,
             renormalized), ``"top1"`` (one expert per row) or ``"sample"`` (one expert per row
             drawn from the weights at every step); ``hetdiff.STRATEGIES``.
@@ -90,7 +100,8 @@ def load_ensemble(
     from hetdiff.experts.store import list_experts
     from hetdiff.sampling.ensemble import load_ensemble as load
 
-    folder = Path(experts)
+    folder = _local(experts)
+    router = None if router is None else _local(router)
     if router is None:
         from hetdiff.pipeline.layout import RunLayout
 

@@ -113,3 +113,44 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             yield chunk
+
+
+def is_url(path: str | Path) -> bool:
+    """True for an fsspec URL (``s3://...``, ``file://...``), False for a plain local path."""
+    return "://" in str(path)
+
+
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+def local_copy(url: str, cache_dir: str | Path | None = None) -> Path:
+    """A local copy of the checkpoint file or folder at ``url`` (experts, a router, a registry of
+    experts one folder down): every ``*.safetensors`` below it, at most two levels deep, keeps its
+    relative path under ``cache_dir/store/<sha256 of url>/`` (default cache:
+    ``hetdiff.io.default_cache_dir()``). Each file is downloaded again and written atomically;
+    the loaders verify each checkpoint's digest when they read it, so a file whose bytes changed
+    in the store is refused there. Returns the local file or folder."""
+    import hashlib
+
+    from hetdiff.io import default_cache_dir
+
+    store = ArtifactStore(url)
+    base = Path(cache_dir or default_cache_dir()) / "store"
+    base = base / hashlib.sha256(url.encode()).hexdigest()[:16]
+    try:
+        if store.fs.isfile(store.path("")):
+            name = store.path("").rsplit("/", 1)[-1]
+            dest = base / name
+            with atomic_path(dest) as tmp:
+                tmp.write_bytes(store.fs.cat_file(store.path("")))
+            return dest
+        found = store.fs.find(store.path(""), maxdepth=2)
+    except (OSError, ValueError) as err:
+        raise HetdiffError(f"cannot read {url}: {err}".splitlines()[0]) from None
+    keys = [f[len(store.path("")) :].strip("/") for f in found if f.endswith(CHECKPOINT_SUFFIX)]
+    if not keys:
+        raise HetdiffError(f"no {CHECKPOINT_SUFFIX} checkpoint under {url}; check the URL")
+    for key in keys:
+        with atomic_path(base / key) as tmp:
+            tmp.write_bytes(store.get_bytes(key))
+    return base
