@@ -10,7 +10,8 @@ Printed per policy: steps/s, and the ratios the issue asks for:
   beside load / alone          = t_alone / t_load          (no collapse: compare policies)
 "runtime" runs with torch's own defaults (threads = all cores, default OpenMP wait policy) and
 `HETDIFF_THREAD_DEFAULTS=runtime`; "hetdiff" gives each of the N processes started together
-`available cores / N` threads and OMP_WAIT_POLICY=PASSIVE (what `hetdiff run` does).
+`available cores / N` threads and a short OpenMP spin, GOMP_SPINCOUNT=10000 (what `hetdiff run`
+does).
 
     python benchmarks/contention.py --steps 300 --load 4
 """
@@ -29,7 +30,7 @@ from hetdiff.threads import OFF_SWITCH, thread_env
 
 
 def _env(policy: str, workers: int) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_"))}
     if policy == "runtime":
         return {**base, OFF_SWITCH: "runtime"}
     return thread_env(workers, base)

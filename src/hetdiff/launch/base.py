@@ -26,7 +26,7 @@ from typing import Any
 
 from hetdiff.config import ResourceSettings
 from hetdiff.io import atomic_path, atomic_write_json
-from hetdiff.threads import WAIT_POLICY
+from hetdiff.threads import SPIN_COUNT
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
@@ -107,7 +107,8 @@ def job_environment(threads: int, environ: dict[str, str] | None = None) -> dict
     when idle (the same on every launcher, so results are the same bits)."""
     env = dict(os.environ if environ is None else environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    if "OMP_WAIT_POLICY" not in env:  # idle OpenMP threads spin briefly, then sleep
+        env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     return env
 
 
