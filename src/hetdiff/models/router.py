@@ -74,6 +74,19 @@ class RouterConfigFields:
         return cls(**d)
 
 
+def router_inputs(config: Any, x: Tensor, t: Tensor | float, dtype: torch.dtype) -> Tensor:
+    """Check x (B, C, H, W) against a router config and broadcast t (scalar or (B,)) to (B,)
+    in ``dtype``; shared by every router network. One-line error for a wrong shape."""
+    c, r = config.channels, config.resolution
+    if x.ndim != 4 or tuple(x.shape[1:]) != (c, r, r):
+        raise HetdiffError(
+            f"router expects x of shape (B, {c}, {r}, {r}), got {tuple(x.shape)}; "
+            "use a router trained on this data"
+        )
+    t = torch.as_tensor(t, device=x.device, dtype=dtype)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t.to(dtype)
+
+
 @dataclass(frozen=True)
 class RouterConfig(RouterConfigFields):
     """Architecture of one router. Defaults suit 28x28 gray data (about 40k parameters)."""
@@ -194,15 +207,8 @@ class Router(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor | float, cond: Conditioning | Tensor | None = None
     ) -> Tensor:
-        cfg = self.config
-        if x.ndim != 4 or tuple(x.shape[1:]) != (cfg.channels, cfg.resolution, cfg.resolution):
-            raise HetdiffError(
-                f"router expects x of shape (B, {cfg.channels}, {cfg.resolution}, "
-                f"{cfg.resolution}), got {tuple(x.shape)}; use a router trained on this data"
-            )
         batch, dtype = x.shape[0], self.stem.weight.dtype
-        t = torch.as_tensor(t, device=x.device, dtype=dtype)
-        t = t.expand(batch) if t.ndim == 0 else t.to(dtype)
+        t = router_inputs(self.config, x, t, dtype)
         cond = as_conditioning(cond)
         emb = self.embed(t, cond, batch)  # (B, E)
         h = self.stem(x.to(dtype))  # (B, W, H', W')

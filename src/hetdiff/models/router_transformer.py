@@ -35,7 +35,7 @@ from hetdiff.models.embeddings import (
     PooledContextEmbedder,
     TimestepEmbedder,
 )
-from hetdiff.models.router import RouterConfigFields
+from hetdiff.models.router import RouterConfigFields, router_inputs
 
 MODULATIONS = ("adaln-single", "adaln-zero")
 
@@ -169,15 +169,8 @@ class TransformerRouter(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor | float, cond: Conditioning | Tensor | None = None
     ) -> Tensor:
-        cfg = self.config
-        if x.ndim != 4 or tuple(x.shape[1:]) != (cfg.channels, cfg.resolution, cfg.resolution):
-            raise HetdiffError(
-                f"router expects x of shape (B, {cfg.channels}, {cfg.resolution}, "
-                f"{cfg.resolution}), got {tuple(x.shape)}; use a router trained on this data"
-            )
         batch, dtype = x.shape[0], self.head.weight.dtype
-        t = torch.as_tensor(t, device=x.device, dtype=dtype)
-        t = t.expand(batch) if t.ndim == 0 else t.to(dtype)
+        t = router_inputs(self.config, x, t, dtype)
         c = self.embed(t, as_conditioning(cond), batch)  # (B, D)
         t0 = c if self.t_block is None else self.t_block(c).view(batch, 6, -1)
         tokens = self.x_embedder(x.to(dtype))  # (B, N, D)
