@@ -148,7 +148,10 @@ class Ensemble(nn.Module):
             draw = torch.multinomial(weights.detach().cpu().double(), 1, generator=self.generator)
             choice = draw.to(weights.device)
             return choice, torch.ones(choice.shape, dtype=weights.dtype, device=weights.device)
-        top, choice = weights.topk(self.top_k, dim=1)
+        # a stable sort, not topk: tied weights (an untrained router is uniform) pick the lowest
+        # column on every device (CUDA's topk breaks ties in no documented order)
+        choice = weights.sort(dim=1, descending=True, stable=True).indices[:, : self.top_k]
+        top = weights.gather(1, choice)
         return choice, top / top.sum(dim=1, keepdim=True)
 
     # -- the velocity ------------------------------------------------------------------------
@@ -173,7 +176,7 @@ class Ensemble(nn.Module):
             velocity = torch.zeros_like(x)
             for j, expert in enumerate(self.experts):
                 w = weights[:, j].reshape(-1, *([1] * (x.ndim - 1)))
-                velocity = torch.addcmul(velocity, w, expert(x, t, cond))
+                velocity = torch.addcmul(velocity, w, expert(x, t, cond).to(x.dtype))  # autocast
             return velocity
         return self._grouped(x, t, cond, *self.choose(weights))
 
@@ -189,6 +192,7 @@ class Ensemble(nn.Module):
             if rows.numel() == 0:
                 continue
             v = expert(x.index_select(0, rows), t.index_select(0, rows), _index_cond(cond, rows))
+            v = v.to(x.dtype)  # under autocast an expert answers in bf16
             if single:  # top1 / sample: the weight is exactly 1
                 velocity.index_copy_(0, rows, v)
             else:
