@@ -55,3 +55,38 @@ def build_hub_run(root: Path, perturb: bool = False) -> Path:
             "--no-progress", "--out", str(run / "router")]  # fmt: skip
     assert main(argv) == 0
     return run
+
+
+def perturb_expert(path: Path, seed: int) -> None:
+    """Redraw an expert's weights N(0, 0.05) (its fixed positions kept), keeping its spec, so a
+    few training steps' zero-initialized output layers do not make every output near zero."""
+    state, spec = load_expert_state(path)
+    gen = torch.Generator().manual_seed(seed)
+    save_expert(path, {n: v if n == "x_embedder.pos_embed" else torch.randn(v.shape, generator=gen)
+                       * 0.05 for n, v in state.items()}, spec)  # fmt: skip
+
+
+def build_class_run(
+    root: Path, router_args: tuple[str, ...] = (), expert_args: tuple[str, ...] = ()
+) -> Path:
+    """RUN = root/run: digits at 8 px in 2 random clusters, two class-conditional hetdiff DiT
+    experts (cluster 0 flow, cluster 1 DDPM eps on the linear schedule, weights perturbed) and a
+    class-conditional router (`train-router` with ``router_args``). Seconds. ``expert_args``
+    and ``router_args`` ("--text-encoder", "hash" in both: a text run) go to the commands."""
+    run = root / "run"
+    partition = run / "partition.json"
+    run.mkdir(parents=True)
+    random_partition(load_dataset("digits"), 2, seed=0).save(str(partition))
+    for k, objective in ((0, ["--objective", "flow"]), (1, ["--objective", "ddpm"])):
+        out = run / "experts" / f"expert-{k}"
+        argv = ["train-expert", "--data", "digits", "--resolution", "8", *objective,
+                "--model", "tiny", "--steps", "2", "--batch-size", "16", "--mixed-precision",
+                "no", "--partition", str(partition), "--cluster", str(k), "--seed", str(k),
+                "--no-progress", *expert_args, "--out", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        perturb_expert(out / "expert.safetensors", k)
+    argv = ["train-router", "--data", "digits", "--resolution", "8", "--partition",
+            str(partition), "--steps", "6", "--batch-size", "32", "--no-progress",
+            *router_args, "--out", str(run / "router")]  # fmt: skip
+    assert main(argv) == 0
+    return run

@@ -21,6 +21,8 @@ import math
 import os
 from pathlib import Path
 
+from hetdiff.allocator import RETAIN_BYTES, retain_freed_memory
+
 SPIN_COUNT = "10000"  # libgomp: busy-wait iterations before an idle thread sleeps (default 300k)
 _CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 _CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
@@ -68,6 +70,9 @@ def thread_env(workers: int = 1, environ: dict[str, str] | None = None) -> dict[
     env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
     if "OMP_WAIT_POLICY" not in env:  # an explicit wait policy wins over the spin count
         env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+    # glibc reads these at a child's start: freed activations stay for reuse (hetdiff.allocator)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(RETAIN_BYTES))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(RETAIN_BYTES))
     return env
 
 
@@ -82,3 +87,4 @@ def configure_this_process(workers: int = 1) -> None:
         return
     for key, value in thread_env(workers).items():
         os.environ.setdefault(key, value)
+    retain_freed_memory()  # this process's malloc started before the variables above were set

@@ -51,7 +51,8 @@ def test_export_and_sample_the_tree(run, tmp_path, capsys):
     tree = tmp_path / "tree"
     assert main(["export", str(run), "--format", "diffusers", "--out", str(tree)]) == 0
     assert sorted(p.name for p in tree.iterdir()) == [
-        "README.md", "expert_0", "expert_1", "expert_2", "model_index.json", "router"
+        "README.md", "expert_0", "expert_1", "expert_2", "model_index.json", "pipeline.py",
+        "router",
     ]  # fmt: skip
     index = json.loads((tree / "model_index.json").read_text())
     assert index["expert_0"] == ["diffusers", "PixArtTransformer2DModel"]

@@ -224,3 +224,53 @@ def test_shard_that_disappears_between_runs_is_named(shards, tmp_path, capsys) -
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "00001.tar cannot be opened" in err
     assert not (tmp_path / "split" / "split.json").exists()
+
+
+def _ensure_features(root: Path, spec: str) -> Path:
+    features = root / "single"
+    if not (features / INDEX_FILE).exists():
+        argv = ["features", "--data", spec, "--encoder", ENCODER, "--out", str(features)]
+        assert main(argv + ["--quiet"]) == 0
+    return features
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_killed_split_resumes_skipping_written_shards(shards, tmp_path) -> None:
+    root, spec = shards
+    features = _ensure_features(root, spec)
+    args = ["split", "--data", spec, "--features", str(features), "--k", "3"]
+    args += ["--per-shard", "100", "--subsample", "1500"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    command = [sys.executable, "-m", "hetdiff", *args, "--out", str(tmp_path / "split")]
+    env = {**_env(), "HETDIFF_TEST_KILL_AT": "split-shard:7"}
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    out = tmp_path / "split"
+    written = sorted(out.glob("cluster-*/*.tar"))
+    assert len(written) == 7 and not (out / "split.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in written}
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in written} == stamps  # not written again
+    assert _tree(out) == _tree(tmp_path / "straight")  # the same files, byte for byte
+    assert not (out / ".split-progress").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_cli_defaults_come_from_the_config_settings() -> None:
+    from hetdiff.cli import build_parser
+    from hetdiff.config import ExportSettings, FeatureSettings, SplitSettings, StreamSettings
+
+    parse = build_parser().parse_args
+    split = parse(["split", "--data", "wds:x", "--features", "f", "--k", "2", "--out", "o"])
+    assert SplitSettings(fine=split.fine, subsample=split.subsample, seed=split.seed,
+                         per_shard=split.per_shard) == SplitSettings()  # fmt: skip
+    feats = parse(["features", "--data", "wds:x", "--out", "o"])
+    assert (feats.encoder, feats.batch_size) == (FeatureSettings().encoder, 64)
+    export = parse(["export-data", "--out", "o"])
+    assert (export.shards, export.format) == (ExportSettings().shards, ExportSettings().format)
+    train = parse(["train-expert", "--out", "o", "--stream"])
+    assert train.shuffle_buffer == StreamSettings().shuffle_buffer == 1000
+    assert SplitSettings().subsample == 200_000 and SplitSettings().per_shard == 1000

@@ -105,3 +105,31 @@ def test_default_prompts_spread_over_the_classes() -> None:
     prompts = default_prompts(union)
     assert len(prompts) == 8 and prompts[0] == "a handwritten digit zero"
     assert prompts[-1] == "a silhouette of an a10"  # the last class is always shown
+
+
+def _captioned_shards(root: Path, fmt: str) -> list[str]:
+    """12 gray 6x6 images with their own captions ("shard caption 0", ...), 4 per shard."""
+    from hetdiff.data.export import ShardSetWriter, png_bytes
+    from hetdiff.data.shards import ShardSample
+
+    writer = ShardSetWriter(str(root), 4, fmt)
+    captions = []
+    for i in range(12):
+        pixels = np.full((1, 6, 6), 20 * i, dtype=np.uint8)
+        captions.append(f"shard caption {i}")
+        meta = {"class": "odd" if i % 2 else "even"}
+        writer.write(ShardSample(f"k/{i:03d}", png_bytes(pixels), "png", captions[-1], meta))
+    writer.close()
+    return captions
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet"])
+def test_shard_sources_caption_with_their_own_captions(tmp_path: Path, fmt: str) -> None:
+    captions = _captioned_shards(tmp_path / fmt, fmt)
+    spec = f"wds:{tmp_path / fmt}" if fmt == "wds" else f"parquet:{tmp_path / fmt}"
+    for dataset in (load_dataset(spec), load_dataset(f"digits+{spec}")):
+        got = dataset_captions(dataset)
+        rows = np.flatnonzero(dataset.sources.numpy() == dataset.source_names.index(spec))
+        assert [got.caption(int(r)) for r in rows] == captions  # not class templates
+        half = dataset.subset(dataset.ids[rows[::2]])
+        assert [dataset_captions(half).caption(i) for i in range(6)] == captions[::2]

@@ -22,7 +22,7 @@ from hetdiff.errors import HetdiffError
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    index = export_dataset("digits", str(root / "wds"), shards=8)
+    index = export_dataset("digits", str(root / "wds"), shards=8, fmt="wds")
     export_dataset("digits", str(root / "pq"), shards=8, fmt="parquet")
     return root, index
 

@@ -5,37 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from cluster_runs import free_port
 from expert_files import write_ddpm_expert
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.artifact_store import ArtifactStore
 from hetdiff.experts.store import load_expert_state
+from s3_server import BUCKET, moto_server
 
 pytestmark = pytest.mark.daemons
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A moto S3 server on localhost (its own HTTP server, not an in-process mock) with one
-    bucket; yields the storage options s3fs needs."""
-    pytest.importorskip("s3fs", reason="`make test-daemons-install` installs s3fs")
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {
-        "key": "testing", "secret": "testing", "skip_instance_cache": True,
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-    }  # fmt: skip
-    import boto3
-
-    boto3.client(
-        "s3", aws_access_key_id="testing", aws_secret_access_key="testing",
-        **options["client_kwargs"],
-    ).create_bucket(Bucket="hetdiff-runs")  # fmt: skip
-    yield options
-    server.stop()
+    """A moto S3 server on localhost with one bucket (``s3_server.moto_server``); yields the
+    storage options s3fs needs."""
+    with moto_server() as server:
+        yield server["options"]
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -43,7 +27,7 @@ def store(request, tmp_path):
     if request.param == "local":
         return ArtifactStore(str(tmp_path / "root"))
     options = request.getfixturevalue("s3_endpoint")
-    return ArtifactStore(f"s3://hetdiff-runs/{tmp_path.name}", options)
+    return ArtifactStore(f"s3://{BUCKET}/{tmp_path.name}", options)
 
 
 def test_a_checkpoint_round_trips_through_the_store_verified(store, tmp_path):

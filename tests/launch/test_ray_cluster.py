@@ -1,11 +1,13 @@
 """``hetdiff run --launcher ray`` on a real two-node Ray cluster the fixture starts: each expert
-runs on the node that offers its custom resource and equals the local launcher's bit for bit."""
+runs on the node that offers its custom resource and equals the local launcher's bit for bit; an
+expert's detached actor outlives a killed driver and a rerun follows it instead of resubmitting."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,3 +62,29 @@ def test_a_ray_expert_asking_for_a_resource_no_node_offers_is_refused(ray_cluste
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, log
     assert "hetdiff: error: expert-1 asks for Ray resources ['gpu-x'] that no node offers" in log
+
+
+def test_a_ray_expert_outlives_its_driver_and_a_rerun_follows_it(ray_cluster, local_run, tmp_path):
+    out, config = tmp_path / "run", str(toy_config(tmp_path, extra=ISLANDS))
+    first = hetdiff("run", config, "--launcher", "ray", "--out", str(out))
+    folder = out / "experts" / "expert-1"
+    deadline = time.time() + 300
+    while not (folder / "train_state" / "latest.json").exists():  # mid-training
+        assert first.poll() is None, first.stdout.read()
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    first.kill()  # the driver dies; the detached actor trains on
+    first.wait()
+    job_id = json.loads((folder / "launch.json").read_text())["job_id"]
+    step = json.loads((folder / "train_state" / "latest.json").read_text())["step"]
+    while json.loads((folder / "train_state" / "latest.json").read_text())["step"] == step:
+        assert time.time() < deadline, "the actor stopped training with its driver"
+        time.sleep(0.2)  # it commits later steps with no driver alive
+    log = finish(hetdiff("run", config, "--launcher", "ray", "--out", str(out)))
+    assert "expert 1: its ray job is queued or running, following it" in log
+    record = json.loads((folder / "launch.json").read_text())
+    assert record["job_id"] == job_id and record["state"] == "COMPLETED"
+    assert (folder / "stdout.log").read_text().count("hetdiff launch: attempt") == 1
+    for k in (0, 1):
+        name = f"experts/expert-{k}/expert.safetensors"
+        assert (out / name).read_bytes() == (local_run / name).read_bytes()

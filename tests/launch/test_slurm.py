@@ -1,6 +1,7 @@
 """``hetdiff run --launcher slurm`` on a real one-node Slurm cluster the fixture starts: the
 experts equal the local launcher's bit for bit, also after ``scontrol requeue`` mid-training and
-after ``scancel`` and a rerun; a rerun never resubmits a finished or running expert."""
+after ``scancel`` and a rerun; a rerun never resubmits a finished or running expert; an expert
+of two srun tasks (data-parallel, gloo on CPU) equals the same two-process job run here."""
 
 from __future__ import annotations
 
@@ -109,3 +110,24 @@ def test_a_rerun_follows_a_running_slurm_job_instead_of_resubmitting(slurm_clust
     log = finish(hetdiff("run", config, "--launcher", "slurm", "--out", str(out)))
     assert "expert 1: its slurm job is queued or running, following it" in log
     assert record(out, "expert-1")["job_id"] == job_id and attempts(out, "expert-1") == 1
+
+
+TWO_TASKS = """
+[[resources]]
+[[resources]]
+tasks = 2
+"""
+
+
+def test_a_two_task_slurm_expert_equals_the_same_two_process_job_here(slurm_cluster, tmp_path):
+    config = str(toy_config(tmp_path, steps1=24, extra=TWO_TASKS))
+    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    finish(hetdiff("run", config, "--out", str(local)))  # expert 1: torch.distributed.run
+    finish(hetdiff("run", config, "--launcher", "slurm", "--out", str(slurm)))
+    for run in (local, slurm):
+        resolved = json.loads((run / "experts" / "expert-1" / "train_config.json").read_text())
+        assert resolved["world_size"] == 2, run
+    folder = slurm / "experts" / "expert-1"
+    assert "training flow expert" in (folder / "stdout-rank1.log").read_text()  # its own task
+    assert not (slurm / "experts" / "expert-0" / "stdout-rank1.log").exists()
+    same_experts(slurm, local)

@@ -45,3 +45,23 @@ def test_sample_features_are_cached_by_content(tmp_path, monkeypatch):
     assert np.array_equal(fid.inception_features(images, cache_dir=tmp_path), first)
     with pytest.raises(AssertionError, match="computed twice"):  # other images: a new entry
         fid.inception_features(images.flip(0), cache_dir=tmp_path)
+
+
+def test_fused_convolutions_give_the_same_features_at_any_batch():
+    """The oneDNN conv + ReLU kernels on packed weights equal the plain modules bitwise, also
+    for a batch size other than the one the weights were packed for."""
+    from hetdiff.metrics.inception import FusedConvReLU
+
+    scripted = torch.jit.load(str(fid.inception_path())).eval()
+    plain = FoldedInception(scripted, fuse=False)
+    fused = FoldedInception(scripted, batch=4)
+    count = sum(isinstance(m, FusedConvReLU) for m in fused.modules())
+    if not torch.backends.mkldnn.is_available():
+        assert count == 0
+        return
+    assert count == 94  # every convolution of the network
+    gen = torch.Generator().manual_seed(2)
+    for n in (4, 3):
+        x = fid.to_inception_input(torch.rand(n, 1, 16, 16, generator=gen) * 2 - 1)
+        with torch.inference_mode():
+            assert torch.equal(fused(x), plain(x))

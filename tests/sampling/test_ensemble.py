@@ -519,3 +519,51 @@ def test_experts_and_router_of_other_encoders_spaces_or_conditionings_are_refuse
     assert load_ensemble(text_experts, text_router).cluster_ids == [0, 1]
     assert load_ensemble(text_experts, plain_router).cluster_ids == [0, 1]
     assert load_ensemble(class_experts, class_router).cluster_ids == [0, 1]
+
+
+# --------------------------------------------------------------------------- cost per step
+
+
+class CountingRouter:
+    """A router that counts its calls and rows, around an inner one."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.rows = inner, 0, 0
+
+    def __call__(self, x, t, cond=None):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.inner(x, t, cond)
+
+
+@pytest.mark.parametrize("solver,evaluations", [("euler", 5), ("heun", 9)])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_router_runs_once_per_evaluation_on_the_cond_and_null_rows_together(
+    gm4, strategy, solver, evaluations
+):
+    router = CountingRouter(random_router())
+    experts = [Counting(e) for e in exact_experts(gm4)]
+    ensemble = Ensemble(experts, range(4), router, 4, strategy=strategy, top_k=2)
+    noise = torch.randn(6, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cond = Conditioning(class_labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    t_range = representable_range(ensemble.t_range, torch.float64)
+    solve(guided(ensemble, 3.0), noise, 5, t_range=t_range, solver=solver, cond=cond)
+    assert router.calls == evaluations  # 5 Euler steps; Heun: 2 per step but the last
+    assert router.rows == evaluations * 12  # one batched pass: 6 cond rows + 6 null rows
+    assert max(e.calls for e in experts) <= evaluations  # each expert at most once per pass
+
+
+def test_top1_sending_every_row_to_one_expert_is_that_expert_exactly(gm4):
+    experts = [Counting(e) for e in exact_experts(gm4)]
+
+    def router(x, t, cond=None):  # every row to cluster 2
+        return torch.tensor([0.0, 0.0, 9.0, 0.0], dtype=x.dtype).expand(x.shape[0], 4)
+
+    ensemble = Ensemble(experts, range(4), router, 4, strategy="top1")
+    x_t, t = flow_points(gm4, ensemble.t_range, n_t=4, per_t=3)
+    seen = []
+    experts[2].register_forward_pre_hook(lambda module, args: seen.append(args[0].data_ptr()))
+    got = ensemble(x_t, t)
+    assert [e.calls for e in experts] == [0, 0, 1, 0]
+    assert seen == [x_t.data_ptr()]  # the batch itself, not an index_select copy of it
+    assert torch.equal(got, experts[2].inner(x_t, t))

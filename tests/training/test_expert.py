@@ -83,3 +83,25 @@ def test_expert_learns_the_data(tmp_path, digits, objective, schedule):
     to_noise = image_statistics_distance(noise, held_out.images)
     # measured: samples ~0.25, another slice of the data ~0.2, noise ~1.1
     assert to_samples < 0.35 * to_noise, (to_samples, to_noise)
+
+
+def test_gradient_checkpointing_trains_the_same_expert(tmp_path, digits, monkeypatch):
+    """``gradient_checkpointing`` recomputes activations; the trained weights stay the same
+    (bitwise on the CPU, where the recomputation repeats the same kernels)."""
+    import hetdiff.training.expert as expert_module
+
+    wrapped = []
+    enable = expert_module.enable_gradient_checkpointing
+    monkeypatch.setattr(expert_module, "enable_gradient_checkpointing",
+                        lambda net: wrapped.append(enable(net)))  # fmt: skip
+    train_data = digits[0].subset(digits[0].ids[:64])
+    states = []
+    for flag in (False, True):
+        settings = ExpertSettings(steps=4, batch_size=16, checkpoint_every=4, progress=False,
+                                  gradient_checkpointing=flag)  # fmt: skip
+        path = train_expert(train_data, settings, tmp_path / f"expert-{flag}")
+        states.append(load_expert_model(path)[0].state_dict())
+    assert wrapped == [4]  # the tiny DiT's 4 blocks, in the second run only
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key

@@ -197,3 +197,54 @@ def test_text_router_reads_the_captions(tmp_path):
             dataset, partition, tmp_path / "text", small(160), resume=True,
             text_encoder="hash", caption_seed=1, cache_dir=cache,
         )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- transformer routers
+
+
+def test_transformer_router_trains_and_round_trips(quadrants, tmp_path):
+    """settings.arch = "transformer": the named-size TransformerRouter trains through the same
+    loop, beats the prior by far at low noise, and its checkpoint loads back as itself."""
+    from hetdiff.models.router_transformer import TransformerRouter, transformer_router_config
+
+    dataset, partition = quadrants
+    settings = small(60, arch="transformer", size="tiny")
+    path = train_router(dataset, partition, tmp_path / "tr", settings, class_conditional=False)
+    router, spec = load_router(path)
+    expected = transformer_router_config("tiny", num_clusters=4, resolution=8, channels=1)
+    assert isinstance(router, TransformerRouter) and spec.arch == "transformer"
+    assert spec.config == expected and spec.steps == 60
+    resolved = json.loads((tmp_path / "tr" / "router_config.json").read_text())
+    assert resolved["arch"] == "transformer" and resolved["router"] == expected.to_dict()
+    table = router_accuracy_by_t(router, dataset, partition, buckets=5, n=400, seed=1)
+    print("transformer router accuracy by t:", [round(row.accuracy, 3) for row in table])
+    assert table[0].accuracy >= 0.97 and table[0].prior_accuracy == pytest.approx(0.4)
+    assert table[-1].accuracy < table[0].accuracy
+    untrained = TransformerRouter(expected)  # zero heads: uniform, cross-entropy log K
+    x0, clusters = dataset.images[:256], torch.from_numpy(partition.clusters[:256]).long()
+    targets = router_targets(clusters, None, 4)
+    with torch.no_grad():
+        losses = [float(router_loss_fn()(net, x0, targets, torch.Generator().manual_seed(3))
+                        .mean()) for net in (untrained, router)]  # fmt: skip
+    print(f"cross-entropy on 256 images: untrained {losses[0]:.3f}, trained {losses[1]:.3f}")
+    assert losses[0] == pytest.approx(float(np.log(4)), abs=1e-5) and losses[1] < 0.6 * losses[0]
+    # film routers keep their resolved config exactly as before (no arch key): resume unchanged
+    train_router(dataset, partition, tmp_path / "film", small(2), class_conditional=False)
+    assert "arch" not in json.loads((tmp_path / "film" / "router_config.json").read_text())
+
+
+def test_class_conditional_transformer_router_reads_the_labels(tmp_path):
+    dataset, partition = label_decided_data(seed=1)
+    settings = small(60, arch="transformer", size="tiny")
+    router, spec = load_router(train_router(dataset, partition, tmp_path, settings))
+    assert spec.conditioning == "class" and spec.config.num_classes == 4
+    table = router_accuracy_by_t(router, dataset, partition, buckets=2, n=256)
+    assert min(row.accuracy for row in table) >= 0.95 and table[0].prior_accuracy < 0.6
+
+
+def test_router_arch_and_size_are_checked_settings():
+    assert (RouterSettings().arch, RouterSettings().size) == ("film", "tiny")
+    with pytest.raises(HetdiffError, match="RouterSettings.arch 'conv' is unknown; use one of"):
+        RouterSettings(arch="conv")
+    with pytest.raises(HetdiffError, match="RouterSettings.size 'huge' is unknown"):
+        RouterSettings(size="huge")

@@ -31,6 +31,7 @@ configure_this_process()
 # Subcommand modules, in help order. A module not written yet is skipped.
 COMMANDS = [
     "run",
+    "launch_expert",
     "status",
     "cluster",
     "export_data",

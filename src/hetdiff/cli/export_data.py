@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hetdiff.config.shards import ExportSettings
 from hetdiff.data.export import EXPORT_FORMATS
 
 
@@ -22,8 +23,11 @@ def register(subparsers: Any) -> None:
         description="Export a data set (built-in, image folder or shards) to N shards.",
     )
     parser.add_argument("--data", default=None, help="dataset spec (default: the built-in mix)")
-    parser.add_argument("--shards", type=int, default=8, help="number of shards (default 8)")
-    parser.add_argument("--format", choices=EXPORT_FORMATS, default="wds", help="shard format")
+    d = ExportSettings()
+    parser.add_argument(
+        "--shards", type=int, default=d.shards, help="number of shards (default %(default)s)"
+    )
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default=d.format, help="shard format")
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
     parser.set_defaults(func=handler)
 
@@ -32,5 +36,6 @@ def handler(args: argparse.Namespace) -> int:
     from hetdiff.data.datasets import DEFAULT_DATA
     from hetdiff.pipeline.shards import export_data_command
 
-    export_data_command(args.data or DEFAULT_DATA, args.out, shards=args.shards, fmt=args.format)
+    settings = ExportSettings(shards=args.shards, format=args.format)
+    export_data_command(args.data or DEFAULT_DATA, args.out, settings)
     return 0

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hetdiff.data.features import DEFAULT_ENCODER, available_encoders
+from hetdiff.config.shards import FeatureSettings
+from hetdiff.data.features import available_encoders
 
 
 def register(subparsers: Any) -> None:
@@ -22,13 +23,16 @@ def register(subparsers: Any) -> None:
         help="encode every shard's images (per-shard files; torchrun-parallel; resumable)",
         description="Per-shard image features for clustering at scale.",
     )
+    d = FeatureSettings()
     parser.add_argument("--data", required=True, help="shard spec: wds:, parquet: or hf:")
     parser.add_argument(
         "--encoder",  # not choices=: hf:PATH names a folder
-        default=DEFAULT_ENCODER,
-        help=f"{', '.join(available_encoders())} or hf:PATH (default {DEFAULT_ENCODER})",
+        default=d.encoder,
+        help=f"{', '.join(available_encoders())} or hf:PATH (default {d.encoder})",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+    parser.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="images per encoder call"
+    )
     parser.add_argument("--out", required=True, help="features folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=handler)
@@ -37,7 +41,6 @@ def register(subparsers: Any) -> None:
 def handler(args: argparse.Namespace) -> int:
     from hetdiff.pipeline.shards import features_command
 
-    features_command(
-        args.data, args.out, args.encoder, batch_size=args.batch_size, progress=not args.quiet
-    )
+    settings = FeatureSettings(encoder=args.encoder, batch_size=args.batch_size)
+    features_command(args.data, args.out, settings, progress=not args.quiet)
     return 0

@@ -28,7 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--steps", type=int, default=30, help="solver steps")
     p.add_argument("--solver", choices=SOLVERS, default="heun", help="ODE solver")
-    p.add_argument("--shift", type=float, default=1.0, help="time-grid shift toward noise (>1)")
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help="time-grid shift toward noise (>1); default: an imported diffusers flow model's "
+        "own scheduler grid and shift, else 1 (uniform)",
+    )
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument(
         "--class",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hetdiff.config.shards import SplitSettings
+
 
 def register(subparsers: Any) -> None:
     """Add the ``split`` subcommand."""
@@ -20,15 +22,21 @@ def register(subparsers: Any) -> None:
         help="cluster shard features and write one shard set per cluster",
         description="Subsampled two-stage k-means, streaming assignment, per-cluster shards.",
     )
+    d = SplitSettings()
     parser.add_argument("--data", required=True, help="shard spec the features were made from")
     parser.add_argument("--features", required=True, help="folder written by hetdiff features")
     parser.add_argument("--k", type=int, required=True, help="number of clusters (islands)")
-    parser.add_argument("--fine", type=int, default=None, help="fine clusters (default <= 1024)")
     parser.add_argument(
-        "--subsample", type=int, default=200_000, help="feature rows k-means trains on"
+        "--fine", type=int, default=d.fine, help="fine clusters (default min(1024, subsample/20))"
     )
-    parser.add_argument("--seed", type=int, default=0, help="k-means and subsample seed")
-    parser.add_argument("--per-shard", type=int, default=1000, help="samples per output shard")
+    parser.add_argument(
+        "--subsample", type=int, default=d.subsample, help="feature rows k-means trains on "
+        "(default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=d.seed, help="k-means and subsample seed")
+    parser.add_argument(
+        "--per-shard", type=int, default=d.per_shard, help="samples per output shard"
+    )
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
     parser.set_defaults(func=handler)
 
@@ -36,8 +44,8 @@ def register(subparsers: Any) -> None:
 def handler(args: argparse.Namespace) -> int:
     from hetdiff.pipeline.shards import split_command
 
-    split_command(
-        args.data, args.features, args.out, args.k, fine=args.fine,
-        subsample=args.subsample, seed=args.seed, per_shard=args.per_shard,
-    )  # fmt: skip
+    settings = SplitSettings(
+        fine=args.fine, subsample=args.subsample, seed=args.seed, per_shard=args.per_shard
+    )
+    split_command(args.data, args.features, args.out, args.k, settings)
     return 0

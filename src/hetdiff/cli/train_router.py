@@ -1,6 +1,7 @@
 """hetdiff train-router: train the router r(k | x_t, t, cond) on a partition's clusters.
 
     hetdiff train-router --partition partition.json --out DIR [--text-encoder hash]
+        [--router-arch transformer --router-size tiny]
 
 Writes DIR/router.safetensors and prints its accuracy per t-bucket. Defaults come from
 ``hetdiff.config.RouterSettings`` (the policy ``hetdiff run`` uses too); the work is
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from hetdiff.config import RouterSettings
+from hetdiff.config import ROUTER_ARCHS, ROUTER_SIZES, RouterSettings
 
 DEFAULTS = RouterSettings()
 
@@ -32,6 +33,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
     p.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="conv width (multiple of 8)")
+    p.add_argument(
+        "--router-arch",
+        choices=ROUTER_ARCHS,
+        default=DEFAULTS.arch,
+        help="film: the FiLM conv router (--hidden); transformer: AdaLN-Single DiT blocks and a "
+        "pooled head (--router-size) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--router-size",
+        choices=ROUTER_SIZES,
+        default=DEFAULTS.size,
+        help="named transformer router size; DiT-B/2 is the released 8-expert model's "
+        "(~129M parameters) (default: %(default)s)",
+    )
     p.add_argument(
         "--warmup-steps",
         type=int,
@@ -77,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         hidden=args.hidden,
+        arch=args.router_arch,
+        size=args.router_size,
         warmup_steps=args.warmup_steps,
         checkpoint_every=args.checkpoint_every,
         label_dropout=args.label_dropout,

@@ -13,6 +13,8 @@ from hetdiff.config.settings import (
     MIXED_PRECISION,
     PRESETS,
     QUICK,
+    ROUTER_ARCHS,
+    ROUTER_SIZES,
     SOLVERS,
     SPACINGS,
     STRATEGIES,
@@ -26,6 +28,7 @@ from hetdiff.config.settings import (
     RunConfig,
     SampleSettings,
 )
+from hetdiff.config.shards import ExportSettings, FeatureSettings, SplitSettings, StreamSettings
 
 __all__ = [
     "EVALUATE_STRATEGIES",
@@ -33,6 +36,8 @@ __all__ = [
     "MIXED_PRECISION",
     "PRESETS",
     "QUICK",
+    "ROUTER_ARCHS",
+    "ROUTER_SIZES",
     "SOLVERS",
     "SPACINGS",
     "STRATEGIES",
@@ -41,10 +46,14 @@ __all__ = [
     "DistillSettings",
     "EvalSettings",
     "ExpertSettings",
+    "ExportSettings",
+    "FeatureSettings",
     "ResourceSettings",
     "RouterSettings",
     "RunConfig",
     "SampleSettings",
+    "SplitSettings",
+    "StreamSettings",
     "build_settings",
     "load_config",
     "read_config_file",

@@ -21,6 +21,7 @@ from typing import Any
 
 from hetdiff.config.fields import at_least, build_settings, check_fields, in_unit, one_of
 from hetdiff.errors import HetdiffError
+from hetdiff.models.router_transformer import TRANSFORMER_ROUTER_CONFIGS  # router sizes
 from hetdiff.objectives.kinds import DDPM, FLOW, resolve_objective
 from hetdiff.objectives.losses import TIME_SAMPLINGS  # flow training: p(t), defined by the loss
 
@@ -32,6 +33,8 @@ SOLVERS = ("euler", "heun")  # ODE solvers on the flow path
 SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIM timestep_spacing options
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 LAUNCHERS = ("local", "slurm", "ray")  # where `hetdiff run` trains its experts (hetdiff.launch)
+ROUTER_ARCHS = ("film", "transformer")  # the FiLM conv router | AdaLN-Single DiT blocks + head
+ROUTER_SIZES = tuple(TRANSFORMER_ROUTER_CONFIGS)  # named transformer router configs
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class ExpertSettings:
     checkpoint_every: int = 250
     seed: int = 0
     mixed_precision: str = "auto"  # no | bf16 | fp16 | auto
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -119,12 +123,16 @@ class RouterSettings:
     label_dropout: float = 0.1  # P(condition -> null), as the experts drop theirs
     seed: int = 0
     progress: bool = True
+    arch: str = "film"  # "film" (conv, width ``hidden``) | "transformer" (named ``size``)
+    size: str = "tiny"  # transformer router: a ROUTER_SIZES name ("DiT-B/2": ~129M parameters)
 
     def __post_init__(self) -> None:
         check_fields(self)
         at_least(self, 1, "steps", "batch_size")
         at_least(self, 0, "warmup_steps", "seed")
         in_unit(self, "label_dropout")
+        one_of(self, "arch", ROUTER_ARCHS)
+        one_of(self, "size", ROUTER_SIZES)
         if self.lr <= 0:
             raise HetdiffError(f"RouterSettings.lr must be a positive number, got {self.lr!r}")
         if self.hidden < 8 or self.hidden % 8:
@@ -248,10 +256,11 @@ class ResourceSettings:
     account: str | None = None  # Slurm account (None: the user's default)
     requeues: int = 3  # Slurm: how often a preempted or timed-out job is requeued
     ray_resources: tuple[str, ...] = ()  # Ray custom resources the task needs, 1 each (a node)
+    tasks: int = 1  # data-parallel processes (Slurm srun tasks; local: torchrun); gloo on CPU
 
     def __post_init__(self) -> None:
         check_fields(self)
-        at_least(self, 1, "cpus", "time")
+        at_least(self, 1, "cpus", "time", "tasks")
         at_least(self, 0, "gpus", "requeues")
         for name in ("mem", "partition", "account"):
             value = getattr(self, name)

@@ -10,6 +10,9 @@ An ``imagefolder:ROOT`` source may caption its images itself; for each image fil
 2. a line ``{"file": "<class>/.../name.png", "caption": "..."}`` of ``ROOT/captions.jsonl``;
 3. else a generic class template (``"a picture of a <class>"``).
 
+A shard source (``wds:``, ``parquet:``, ``hf:``) brings its own captions: each sample's
+``.txt`` member (or its ``.json`` ``"caption"``, or the row's caption column) is its caption.
+
 Captions are returned as ``Captions(texts, index)``: the distinct caption strings and, per sample,
 an index into them. There are only about classes x templates distinct captions, so text
 embeddings are computed once per distinct string (``hetdiff.models.text.CaptionBank``).
@@ -27,7 +30,7 @@ from torch import Tensor
 
 from hetdiff.data.datasets import IMAGEFOLDER_PREFIX, ImageDataset
 from hetdiff.data.imagefolder import list_image_files
-from hetdiff.data.shards import is_shard_spec
+from hetdiff.data.shards import is_shard_spec, iter_shard, parse_shard_spec
 from hetdiff.data.sources import IMAGEFOLDER_ID_BASE, IMAGEFOLDER_ID_STRIDE
 from hetdiff.errors import HetdiffError
 
@@ -156,6 +159,21 @@ def _folder_captions(source: str, base: int, ids: np.ndarray) -> dict[int, str]:
     return found
 
 
+def _shard_captions(spec: str, base: int, ids: np.ndarray) -> dict[int, str]:
+    """The captions stored in the shards of ``spec`` for the samples among ``ids``: {global
+    id: caption}; a sample's local id is its position in shard order (as ``load_dataset``)."""
+    shard_set = parse_shard_spec(spec)
+    wanted = set(int(i) for i in ids)
+    found: dict[int, str] = {}
+    position = 0
+    for shard in shard_set.shards:
+        for sample in iter_shard(shard_set, shard):
+            if base + position in wanted:
+                found[base + position] = sample.caption
+            position += 1
+    return found
+
+
 def dataset_captions(dataset: ImageDataset, seed: int = 0) -> Captions:
     """One caption per sample of ``dataset`` (see the module docstring); deterministic."""
     ids = dataset.ids.numpy()
@@ -167,12 +185,16 @@ def dataset_captions(dataset: ImageDataset, seed: int = 0) -> Captions:
         options = per_class[int(cls)]
         for row, choice in zip(rows, template_choice(ids[rows], len(options), seed), strict=True):
             texts[row] = options[choice]
-    folders = [s for s in dataset.source_names if s.startswith(IMAGEFOLDER_PREFIX)]
-    for count, source in enumerate(folders):
+    count = 0  # image folders and shard sources share the id ranges, in spec order
+    for index, source in enumerate(dataset.source_names):
+        folder = source.startswith(IMAGEFOLDER_PREFIX)
+        if not (folder or is_shard_spec(source)):
+            continue
         base = IMAGEFOLDER_ID_BASE + count * IMAGEFOLDER_ID_STRIDE
-        index = dataset.source_names.index(source)
+        count += 1
         rows = np.flatnonzero(dataset.sources.numpy() == index)
-        explicit = _folder_captions(source, base, ids[rows])
+        read = _folder_captions if folder else _shard_captions
+        explicit = read(source, base, ids[rows])
         for row in rows:
             text = explicit.get(int(ids[row]))
             if text:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,20 @@ _MTIME = 0.0
 class ShardSetWriter:
     """Append samples; every ``per_shard`` samples become one shard ``{i:05d}.tar`` under
     ``folder`` (a path or fsspec URL). :meth:`close` writes the last shard and ``index.json``
-    (``{"shards", "counts", "digests", "keys", "total"}``) and returns the index."""
+    (``{"shards", "counts", "digests", "keys", "total", "classes"}``; classes: the
+    samples' ``class`` metadata in order of first appearance). ``written(url, sha256)``, if
+    given, says whether a shard with exactly these bytes is already at ``url`` (a resumed job);
+    such a shard is not written again. ``on_written(url, sha256)`` is called after each write.
+    Returns the index from :meth:`close`."""
 
-    def __init__(self, folder: str, per_shard: int, fmt: str = "wds") -> None:
+    def __init__(
+        self,
+        folder: str,
+        per_shard: int,
+        fmt: str = "wds",
+        written: Callable[[str, str], bool] | None = None,
+        on_written: Callable[[str, str], None] | None = None,
+    ) -> None:
         if per_shard < 1:
             raise HetdiffError(f"samples per shard must be >= 1, got {per_shard}")
         if fmt not in EXPORT_FORMATS:
@@ -44,10 +56,13 @@ class ShardSetWriter:
         self.folder, self.per_shard, self.fmt = folder.rstrip("/"), per_shard, fmt
         self.index: dict[str, Any] = {"shards": [], "counts": [], "digests": [], "keys": []}
         self._pending: list[ShardSample] = []
+        self._classes: dict[str, None] = {}  # class names in order of first appearance
+        self._written, self._on_written = written, on_written
 
     def write(self, sample: ShardSample) -> None:
         """Queue one sample; a full shard is written at once."""
         self._pending.append(sample)
+        self._classes.setdefault(str(sample.meta.get("class", "image")), None)
         if len(self._pending) >= self.per_shard:
             self._flush()
 
@@ -56,10 +71,14 @@ class ShardSetWriter:
             return
         name = f"{len(self.index['shards']):05d}.{'tar' if self.fmt == 'wds' else 'parquet'}"
         data = _tar_bytes(self._pending) if self.fmt == "wds" else _parquet_bytes(self._pending)
-        write_url_bytes(posixpath.join(self.folder, name), data)
+        url, digest = posixpath.join(self.folder, name), hashlib.sha256(data).hexdigest()
+        if self._written is None or not self._written(url, digest):
+            write_url_bytes(url, data)
+            if self._on_written is not None:
+                self._on_written(url, digest)
         self.index["shards"].append(name)
         self.index["counts"].append(len(self._pending))
-        self.index["digests"].append(hashlib.sha256(data).hexdigest())
+        self.index["digests"].append(digest)
         self.index["keys"].extend(sample.key for sample in self._pending)
         self._pending = []
 
@@ -67,6 +86,7 @@ class ShardSetWriter:
         """Write the last shard and the index (with ``extra`` fields); return the index."""
         self._flush()
         self.index["total"] = sum(self.index["counts"])
+        self.index["classes"] = list(self._classes)
         self.index.update(extra or {})
         text = json.dumps(self.index, indent=1, sort_keys=True) + "\n"
         write_url_bytes(posixpath.join(self.folder, INDEX_NAME), text.encode())
@@ -122,7 +142,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def export_dataset(spec: str, out: str, shards: int = 8, fmt: str = "wds") -> dict[str, Any]:
+def export_dataset(spec: str, out: str, shards: int, fmt: str) -> dict[str, Any]:
     """Write the data set ``spec`` (``hetdiff.data.datasets``) as ``shards`` shards of about
     equal size under ``out`` in ``fmt`` (``wds`` or ``parquet``), in data set order; the
     key of sample id ``i`` is ``"data/{i:010d}"``, its caption ``dataset_captions``' choice.

@@ -7,8 +7,8 @@ column), in order of first appearance; data without classes form the one class `
 Images are center-cropped squares; if sizes differ, all are resized (Pillow, bilinear,
 antialiased) to the smallest side. They stay 8-bit gray when every image is gray-ish.
 
-This holds the shards' pixels in memory (one cluster's share is meant to fit); a streaming
-reader is not part of this module.
+This holds the shards' pixels in memory (one cluster's share is meant to fit); the streaming
+reader, whose memory is its shuffle buffer, is ``hetdiff.data.shard_stream``.
 """
 
 from __future__ import annotations

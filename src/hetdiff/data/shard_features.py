@@ -125,11 +125,12 @@ def extract_features(
     folder: str | Path,
     rank: int = 0,
     world: int = 1,
-    batch_size: int = 64,
+    *,
+    batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Encode this rank's shards of ``spec`` (shards ``rank::world``) into ``folder``, skipping
-    finished ones. Returns ``(computed, skipped)`` shard lists. Refuses a folder whose finished
+    finished ones; ``batch_size`` images per encoder call (``FeatureSettings``). Returns ``(computed, skipped)`` shard lists. Refuses a folder whose finished
     features come from another encoder."""
     shard_set = parse_shard_spec(spec)
     computed, skipped = [], []

@@ -14,6 +14,15 @@
 ``OUT/split.json`` is written last: K, fine, encoder, subsample size, seed, total and
 per-cluster counts, the data shards with their sha256 digests, the features index digest, and
 the centroids (``OUT/centroids.npz``, read without pickle, sha256 in the JSON).
+
+Resume. Every file is written whole (atomically for local paths, one put for URLs). The run
+keeps ``OUT/.split-progress/``: ``plan.json`` (the split's inputs and settings), the fitted
+centroids, and one marker per written cluster shard naming its sha256. A rerun with the same
+plan reuses the centroids (no k-means), reads the data shards again and skips every cluster
+shard whose marker matches the bytes it would write, so it ends with the same files as an
+uninterrupted run; the progress folder is removed after ``split.json``. Another plan starts
+over. Tests only: ``$HETDIFF_TEST_KILL_AT`` = ``split-shard:N`` SIGKILLs the run after its Nth
+cluster shard write.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import posixpath
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +43,12 @@ from hetdiff.data.export import ShardSetWriter
 from hetdiff.data.shard_features import INDEX_FILE, load_shard_features, read_feature_index
 from hetdiff.data.shards import iter_shard, parse_shard_spec, shard_name
 from hetdiff.errors import HetdiffError
-from hetdiff.io import write_url_bytes
+from hetdiff.io import read_url_bytes, write_url_bytes
 
 SPLIT_FILE = "split.json"
+PROGRESS_DIR = ".split-progress"
 ASSIGN_CHUNK = 65536
+KILL_ENV = "HETDIFF_TEST_KILL_AT"  # tests: "split-shard:N"
 
 
 def subsample_features(folder: str | Path, index: dict[str, Any], count: int, seed: int):
@@ -83,15 +96,16 @@ def split_shards(
     out: str,
     k: int,
     *,
-    fine: int | None = None,
-    subsample: int = 200_000,
-    seed: int = 0,
-    per_shard: int = 1000,
+    fine: int | None,
+    subsample: int,
+    seed: int,
+    per_shard: int,
 ) -> dict[str, Any]:
     """Cluster the features in ``features`` (``hetdiff features`` of ``spec``) into ``k``
-    clusters and write each cluster's samples under ``out/cluster-k/`` (module docstring).
-    Returns the ``split.json`` record. One-line errors name the shard (and key) that differs
-    from what the features were computed on."""
+    clusters and write each cluster's samples under ``out/cluster-k/`` (module docstring);
+    a killed run resumes (module docstring). Returns the ``split.json`` record. One-line
+    errors name the shard (and key) that differs from what the features were computed on.
+    Settings and their defaults: ``hetdiff.config.shards.SplitSettings``."""
     index = read_feature_index(features)
     shard_set = parse_shard_spec(spec)
     listed = {shard_name(m["shard"]): m for m in index["shards"]}
@@ -102,12 +116,38 @@ def split_shards(
             f"shards of {spec} and the features in {features} differ (e.g. {extra[0]}); "
             "rerun `hetdiff features` on this data"
         )
-    sample = subsample_features(features, index, subsample, seed)
-    fine = fine or min(1024, max(k, len(sample) // 20))
-    check_cluster_counts(len(sample), k, fine)
-    result = two_stage_kmeans(sample, k, fine, seed=seed)
-    clusters = assign_shards(features, index, result.fine_centroids, result.fine_to_coarse)
-    writers = [ShardSetWriter(posixpath.join(out, f"cluster-{c}"), per_shard) for c in range(k)]
+    index_bytes = (Path(features) / INDEX_FILE).read_bytes()
+    plan = {
+        "source_spec": spec,
+        "k": k,
+        "fine": fine,
+        "subsample": subsample,
+        "seed": seed,
+        "per_shard": per_shard,
+        "features_index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+    }
+    progress = _Progress(out, plan)
+    fitted = progress.centroids()
+    if fitted is None:
+        sample = subsample_features(features, index, subsample, seed)
+        fine = fine or min(1024, max(k, len(sample) // 20))
+        check_cluster_counts(len(sample), k, fine)
+        result = two_stage_kmeans(sample, k, fine, seed=seed)
+        fitted = (result.fine_centroids, result.fine_to_coarse, len(sample))
+        progress.save_centroids(*fitted)
+    fine_centroids, fine_to_coarse, sampled = fitted
+    fine = len(fine_centroids)
+    clusters = assign_shards(features, index, fine_centroids, fine_to_coarse)
+    writers = [
+        ShardSetWriter(
+            posixpath.join(out, f"cluster-{c}"),
+            per_shard,
+            "wds",
+            progress.written,
+            progress.on_written,
+        )  # fmt: skip
+        for c in range(k)
+    ]
     for shard in shard_set.shards:
         meta = listed[shard_name(shard)]
         _, keys = load_shard_features(features, meta)
@@ -129,16 +169,15 @@ def split_shards(
     extra = {"encoder": index["encoder"], "source_spec": spec}
     indexes = [writer.close({**extra, "cluster": c}) for c, writer in enumerate(writers)]
     centroids = io.BytesIO()
-    np.savez(centroids, fine_centroids=result.fine_centroids, fine_to_coarse=result.fine_to_coarse)
+    np.savez(centroids, fine_centroids=fine_centroids, fine_to_coarse=fine_to_coarse)
     write_url_bytes(posixpath.join(out, "centroids.npz"), centroids.getvalue())
-    index_bytes = (Path(features) / INDEX_FILE).read_bytes()
     record = {
         "format": "hetdiff-split/1",
         "source_spec": spec,
         "encoder": index["encoder"],
         "k": k,
         "fine": fine,
-        "subsample": len(sample),
+        "subsample": sampled,
         "seed": seed,
         "total": index["total"],
         "counts": [ix["total"] for ix in indexes],
@@ -149,4 +188,63 @@ def split_shards(
     }
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     write_url_bytes(posixpath.join(out, SPLIT_FILE), text.encode())
+    progress.remove()
     return record
+
+
+class _Progress:
+    """``OUT/.split-progress/``: the plan, the fitted centroids and a marker per written
+    cluster shard (module docstring). A folder of another plan is cleared on open."""
+
+    def __init__(self, out: str, plan: dict[str, Any]) -> None:
+        import fsspec
+
+        self.root = posixpath.join(out.rstrip("/"), PROGRESS_DIR)
+        self.fs, self.path = fsspec.core.url_to_fs(self.root)
+        self.plan = json.dumps(plan, sort_keys=True)
+        self.writes = 0
+        plan_url = posixpath.join(self.root, "plan.json")
+        if self.fs.exists(self.path) and (
+            not self.fs.exists(posixpath.join(self.path, "plan.json"))
+            or read_url_bytes(plan_url, "split plan").decode() != self.plan
+        ):
+            self.remove()
+        if not self.fs.exists(posixpath.join(self.path, "plan.json")):
+            write_url_bytes(plan_url, self.plan.encode())
+
+    def centroids(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(fine centroids, fine -> coarse, subsample size) of an earlier run, or None."""
+        url = posixpath.join(self.root, "centroids.npz")
+        if not self.fs.exists(posixpath.join(self.path, "centroids.npz")):
+            return None
+        with np.load(io.BytesIO(read_url_bytes(url, "split centroids")), allow_pickle=False) as f:
+            return f["fine_centroids"], f["fine_to_coarse"], int(f["subsample"])
+
+    def save_centroids(self, fine: np.ndarray, fine_to_coarse: np.ndarray, sampled: int) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, fine_centroids=fine, fine_to_coarse=fine_to_coarse, subsample=sampled)
+        write_url_bytes(posixpath.join(self.root, "centroids.npz"), buffer.getvalue())
+
+    def _marker(self, url: str) -> str:
+        cluster, name = url.rstrip("/").split("/")[-2:]
+        return posixpath.join(self.root, f"{cluster}--{name}.sha256")
+
+    def written(self, url: str, digest: str) -> bool:
+        """Whether an earlier run of this plan wrote ``url`` with sha256 ``digest``."""
+        import fsspec
+
+        marker = self._marker(url)
+        fs, path = fsspec.core.url_to_fs(marker)
+        if not fs.exists(path) or not fsspec.core.url_to_fs(url)[0].exists(url):
+            return False
+        return read_url_bytes(marker, "split marker").decode() == digest
+
+    def on_written(self, url: str, digest: str) -> None:
+        write_url_bytes(self._marker(url), digest.encode())
+        self.writes += 1
+        if os.environ.get(KILL_ENV) == f"split-shard:{self.writes}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def remove(self) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)

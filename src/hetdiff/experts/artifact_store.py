@@ -108,6 +108,56 @@ class ArtifactStore:
                 ) from None
         return dest
 
+    def fetch_checkpoint(self, key: str, dest: str | Path) -> Path:
+        """Download any signed checkpoint at ``key`` (an expert, a router, a student) to the
+        local file ``dest``, verified against its own sha256 digest (``experts.signed``); a
+        file whose bytes changed in the store is refused and nothing is left at ``dest``."""
+        from hetdiff.experts.signed import read_signed
+
+        dest = Path(dest)
+        with atomic_path(dest) as tmp:  # renamed onto dest only once verified
+            tmp.write_bytes(self.get_bytes(key))
+            try:
+                read_signed(tmp, "checkpoint")
+            except HetdiffError as err:
+                raise HetdiffError(
+                    f"checkpoint {self.url(key)} does not verify ({err}); its bytes changed in "
+                    "the store: delete it there to retrain it, or upload an intact copy"
+                ) from None
+        return dest
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        """{key: version token} of every object under ``prefix`` (temporary upload keys left
+        out); the token (ETag, or size and mtime) changes whenever the object is rewritten."""
+        base = self.path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return {}
+        try:
+            found = self.fs.find(base, detail=True)
+        except (OSError, ValueError) as err:
+            raise HetdiffError(f"cannot list {self.url(prefix)}: {err}".splitlines()[0]) from None
+        listed = {}
+        for path, info in found.items():
+            key = path[len(self._base) :].strip("/")
+            name = key.rsplit("/", 1)[-1]
+            if info.get("type") == "directory" or (
+                name.startswith(".") and name.endswith(TEMP_SUFFIX)
+            ):
+                continue
+            listed[key] = version_token(info)
+        return listed
+
+
+def version_token(info: dict[str, Any]) -> str:
+    """An object's version from its fsspec info: the ETag where the store has one, else its
+    size and modification time."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    return (
+        f"{info.get('size')}-{info.get('mtime') or info.get('LastModified') or info.get('created')}"
+    )
+
 
 def _read_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:

@@ -15,6 +15,7 @@ from torch import nn
 
 import hetdiff
 from hetdiff.errors import HetdiffError
+from hetdiff.experts.diffusers_scheduler import flow_sampling_grid
 from hetdiff.experts.spec import ExpertSpec
 from hetdiff.objectives.kinds import DDPM, FLOW
 from hetdiff.objectives.schedules import DiscreteSchedule, ScheduleSpec, make_schedule
@@ -27,9 +28,13 @@ FINETUNE_KEY = "finetune_objective"  # provenance key of a DDPM expert converted
 
 
 def velocity_from_spec(net: nn.Module, spec: ExpertSpec) -> VelocityModel:
-    """Wrap ``net`` in the velocity adapter its spec calls for (flow, or DDPM on its schedule)."""
+    """Wrap ``net`` in the velocity adapter its spec calls for (flow, or DDPM on its schedule).
+
+    A flow model imported with a diffusers FlowMatch scheduler config also gets
+    ``sampling_grid`` (its scheduler's shifted sigma grid, ``experts.diffusers_scheduler``),
+    which sampling uses unless a shift is given."""
     schedule = make_schedule(spec.schedule) if spec.objective == DDPM else None
-    return make_velocity_model(
+    velocity = make_velocity_model(
         net,
         spec.objective,
         spec.prediction,
@@ -37,6 +42,10 @@ def velocity_from_spec(net: nn.Module, spec: ExpertSpec) -> VelocityModel:
         learned_variance=spec.learned_variance,
         time_scale=spec.time_scale,
     )
+    grid = flow_sampling_grid(spec)
+    if grid is not None:
+        velocity.sampling_grid = grid
+    return velocity
 
 
 def load_velocity_model(

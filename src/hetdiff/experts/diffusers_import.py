@@ -22,7 +22,6 @@ at fractional steps of its own table, a flow network at t * T.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,26 +31,27 @@ import torch
 import hetdiff
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.diffusers_model import diffusers_model_dict, model_side, out_channels_of
+from hetdiff.experts.diffusers_scheduler import (  # noqa: F401 (scheduler_config_for, sampler_conventions: re-exported)
+    DDPM_SCHEDULERS,
+    DEFAULT_T,
+    FLOW_SCHEDULERS,
+    LEARNED_VARIANCE_TYPES,
+    NAMED_BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    sampler_conventions,
+    scheduler_config_for,
+)
 from hetdiff.experts.spec import ExpertSpec
+from hetdiff.models.diffusers_dit import HETDIFF_DIT_CLASS, hetdiff_dit_config
 from hetdiff.models.diffusers_net import DIFFUSERS_CLASSES, UNET, context_dim_of, num_classes_of
-from hetdiff.objectives.kinds import DDPM, FLOW, uses_schedule
+from hetdiff.models.dit import DiTConfig
+from hetdiff.objectives.kinds import DDPM, FLOW
 from hetdiff.objectives.schedules import make_schedule
 
 MODEL_CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 SCHEDULER_CONFIG = "scheduler_config.json"
 MODEL_SUBFOLDERS = ("unet", "transformer")  # where a pipeline folder keeps its denoiser
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
-DDPM_SCHEDULERS = (
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
-    "DEISMultistepScheduler", "KDPM2DiscreteScheduler",
-)  # fmt: skip
-PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-NAMED_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear"}
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-DEFAULT_T = 1000  # diffusers' default num_train_timesteps
 DEFAULT_BETAS = (0.0001, 0.02)  # diffusers' default beta_start, beta_end (every schedule)
 
 
@@ -200,10 +200,13 @@ def _check_model_config(folder: DiffusersFolder, learned: bool) -> tuple[str, in
     """(class name, side, channels, learned variance) of the model config, or a one-line error."""
     config, where = folder.model_config, folder.model_config_path
     name = config.get("_class_name")
-    if name not in DIFFUSERS_CLASSES:
+    if name == HETDIFF_DIT_CLASS:  # our DiT as exported: its config is a DiTConfig
+        config = {**config, "sample_size": config.get("input_size"),
+                  "out_channels": (1 + bool(config.get("learned_sigma"))) * config["in_channels"]}  # fmt: skip
+    elif name not in DIFFUSERS_CLASSES:
         raise HetdiffError(
             f"{where}: _class_name {name!r} is not supported; use one of "
-            f"{', '.join(DIFFUSERS_CLASSES)}"
+            f"{', '.join((*DIFFUSERS_CLASSES, HETDIFF_DIT_CLASS))}"
         )
     if name == UNET and config.get("time_embedding_type", "positional") != "positional":
         raise HetdiffError(
@@ -251,6 +254,10 @@ def spec_from_diffusers(
         )
     model = diffusers_model_dict(name, folder.model_config)
     context_dim = context_dim_of(name, folder.model_config)
+    num_classes = num_classes_of(name, folder.model_config)
+    if name == HETDIFF_DIT_CLASS:
+        model = {"arch": "dit", **hetdiff_dit_config(folder.model_config)}
+        num_classes, context_dim = model["num_classes"], None
     if context_dim is not None:
         model["context_dim"] = context_dim  # what the ensemble reads as "text-conditioned"
     provenance = {"diffusers": {"source": str(folder.root), "model_class": name,
@@ -262,7 +269,7 @@ def spec_from_diffusers(
             cluster_id=cluster_id, num_clusters=num_clusters,
             partition_fingerprint=partition_fingerprint, data_spec=data_spec,
             resolution=side, channels=channels,
-            num_classes=num_classes_of(name, folder.model_config),
+            num_classes=num_classes,
             time_scale=objective["time_scale"], provenance=provenance,
             text_encoder=text_encoder, hetdiff_version=hetdiff.__version__,
         )  # fmt: skip
@@ -286,67 +293,6 @@ def check_fits_ensemble(spec: ExpertSpec, folder: DiffusersFolder, others: list[
                 f"{folder.model_config_path}: {field} {ours} disagrees with the ensemble's "
                 f"{what} {theirs}; import a model of the ensemble's data"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# Back: spec -> scheduler config, and the sampler conventions a spec records
-# --------------------------------------------------------------------------------------------
-
-
-def scheduler_config_for(spec: ExpertSpec) -> dict[str, Any]:
-    """The diffusers scheduler config of an expert: the imported one when it has one, else a
-    ``DDPMScheduler`` (named schedule, or ``trained_betas`` from its table) or a
-    ``FlowMatchEulerDiscreteScheduler`` (``num_train_timesteps`` = its time scale)."""
-    import diffusers
-
-    recorded = spec.provenance.get("diffusers", {}).get("scheduler")
-    if isinstance(recorded, dict):
-        return dict(recorded)
-    version = diffusers.__version__
-    if not uses_schedule(spec.objective):  # a flow expert: no discrete schedule to write
-        steps = int(spec.time_scale) if float(spec.time_scale).is_integer() else spec.time_scale
-        return {"_class_name": FLOW_SCHEDULERS[0], "_diffusers_version": version,
-                "num_train_timesteps": steps, "shift": 1.0}  # fmt: skip
-    inverse = {v: k for k, v in PREDICTION_TYPES.items()}
-    schedule = make_schedule(spec.schedule)
-    config = {"_class_name": "DDPMScheduler", "_diffusers_version": version,
-              "num_train_timesteps": schedule.num_train_timesteps, "clip_sample": False,
-              "prediction_type": inverse[spec.prediction],
-              "variance_type": "learned_range" if spec.learned_variance else "fixed_small"}  # fmt: skip
-    name = schedule.spec.name
-    if name in NAMED_BETA_SCHEDULES:
-        config |= {"beta_schedule": name, "beta_start": schedule.spec.beta_start,
-                   "beta_end": schedule.spec.beta_end}  # fmt: skip
-    elif name == "cosine":
-        config["beta_schedule"] = "squaredcos_cap_v2"
-    else:
-        abar = schedule.alphas_cumprod
-        betas = 1 - abar / torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
-        config["trained_betas"] = betas.tolist()
-    return config
-
-
-def sampler_conventions(spec: ExpertSpec) -> dict[str, Any]:
-    """diffusers' DDIM conventions of an expert: steps_offset (0), set_alpha_to_one (True),
-    clip_sample_range (None = no clipping) and timestep_spacing (None), from its recorded
-    scheduler config; diffusers' defaults for our own experts (no clipping)."""
-    recorded = spec.provenance.get("diffusers", {}).get("scheduler") or {}
-    clip = None
-    if recorded.get("clip_sample", True) and "_class_name" in recorded:
-        clip = float(recorded.get("clip_sample_range", 1.0))
-    offset = recorded.get("steps_offset", 0)
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise HetdiffError(f"scheduler steps_offset must be an integer >= 0, got {offset!r}")
-    shift = recorded.get("shift", 1.0)
-    if not isinstance(shift, int | float) or not math.isfinite(shift) or shift <= 0:
-        raise HetdiffError(f"scheduler shift must be a positive number, got {shift!r}")
-    return {
-        "steps_offset": offset,
-        "set_alpha_to_one": bool(recorded.get("set_alpha_to_one", True)),
-        "clip_sample_range": clip,
-        "timestep_spacing": recorded.get("timestep_spacing"),
-        "shift": float(shift),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,8 +324,8 @@ def import_diffusers_expert(
     """Write the diffusers model at ``path`` as the hetdiff expert ``out/expert.safetensors``
     (its own weights under its own keys, the spec from its configs); with ``experts`` (a
     registry) the model must fit that ensemble's side and channels. Returns (file, spec)."""
-    from hetdiff.experts.diffusers_model import diffusers_net
-    from hetdiff.experts.store import list_experts, save_expert
+    from hetdiff.experts.diffusers_model import diffusers_net, is_diffusers_spec
+    from hetdiff.experts.store import check_shapes, list_experts, save_expert, spec_shapes
 
     folder = locate_diffusers_folder(path)
     spec = spec_from_diffusers(
@@ -389,7 +335,12 @@ def import_diffusers_expert(
     if experts is not None:
         check_fits_ensemble(spec, folder, [s for _, s in list_experts(experts)])
     state = read_diffusers_weights(folder)
-    diffusers_net(spec, state, folder.weights_path)  # the weights must fit the config
+    if is_diffusers_spec(spec):  # the weights must fit the config
+        diffusers_net(spec, state, folder.weights_path)
+    else:  # HetdiffDiTModel: our DiT
+        found = {k: list(v.shape) for k, v in state.items()}
+        config = DiTConfig.from_dict(hetdiff_dit_config(spec.model))
+        check_shapes(folder.weights_path, spec_shapes(config), found)
     target = Path(out) / "expert.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     save_expert(target, state, spec)

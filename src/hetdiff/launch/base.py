@@ -97,9 +97,21 @@ def prepare_attempt(job_path: str | Path) -> bool:
     return resume
 
 
-def job_command(job_path: str | Path) -> list[str]:
-    """The one command every launcher runs for an expert."""
-    return [sys.executable, "-m", "hetdiff.training.jobs", str(job_path)]
+def job_command(job_path: str | Path, tasks: int = 1) -> list[str]:
+    """The one command every launcher runs for an expert; ``tasks`` > 1 on this machine runs it
+    as that many data-parallel processes under ``torch.distributed.run --standalone`` (a Slurm
+    job starts one ``srun`` task per process instead: ``slurm.task_environment``)."""
+    module = ["-m", "hetdiff.training.jobs", str(job_path)]
+    if tasks > 1:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tasks}"]
+        return [sys.executable, *torchrun, *module]
+    return [sys.executable, *module]
+
+
+def log_name(rank: int = 0) -> str:
+    """The log of process ``rank`` of a job: ``stdout.log`` for rank 0 (what ``hetdiff status``
+    and the failure messages read), ``stdout-rank<r>.log`` for the others."""
+    return LOG_NAME if rank == 0 else f"stdout-rank{rank}.log"
 
 
 def job_environment(threads: int, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -112,12 +124,16 @@ def job_environment(threads: int, environ: dict[str, str] | None = None) -> dict
     return env
 
 
-def run_job_process(job_path: str | Path, threads: int) -> int:
-    """One attempt at the job on this machine (what a Slurm job or a Ray task runs): set
-    ``resume`` from the folder, run the job command with its output appended to
-    ``stdout.log``, and return its exit status."""
+def run_job_process(
+    job_path: str | Path, threads: int, rank: int = 0, environ: dict[str, str] | None = None
+) -> int:
+    """One attempt at the job on this machine (what a Slurm task or a Ray actor runs): set
+    ``resume`` from the folder, run the job command with its output appended to ``stdout.log``
+    (``log_name(rank)`` for process ``rank`` of a multi-process job, whose rendezvous variables
+    ``environ`` adds), and return its exit status. Every rank computes the same ``resume``: no
+    rank commits a checkpoint before all have joined the process group."""
     resume = prepare_attempt(job_path)
-    log_path = Path(job_path).parent / LOG_NAME
+    log_path = Path(job_path).parent / log_name(rank)
     with open(log_path, "a") as log:
         log.write(
             f"{ATTEMPT_LINE} {'resuming from its last checkpoint' if resume else 'starting'}\n"
@@ -125,7 +141,7 @@ def run_job_process(job_path: str | Path, threads: int) -> int:
         log.flush()
         done = subprocess.run(
             job_command(job_path), stdout=log, stderr=subprocess.STDOUT,
-            env=job_environment(threads), check=False,
+            env={**job_environment(threads), **(environ or {})}, check=False,
         )  # fmt: skip
     return done.returncode
 

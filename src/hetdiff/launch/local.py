@@ -1,5 +1,7 @@
 """The local launcher: each expert in its own process on this machine, ``workers`` at a time
-(the default of ``hetdiff run``). A child dies with the pipeline (Linux), so no orphan trains."""
+(the default of ``hetdiff run``). A child dies with the pipeline (Linux), so no orphan trains.
+An expert with ``resources.tasks`` > 1 runs as that many data-parallel processes under
+``torch.distributed.run --standalone`` (the same math as ``tasks`` Slurm tasks)."""
 
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ class LocalLauncher(Launcher):
             prepare_attempt(sub.job_path)
             log = open(sub.folder / LOG_NAME, "a")
             proc = subprocess.Popen(
-                job_command(sub.job_path), stdout=log, stderr=subprocess.STDOUT,
+                job_command(sub.job_path, sub.resources.tasks), stdout=log, stderr=subprocess.STDOUT,
                 env=job_environment(sub.threads), preexec_fn=_die_with_parent,
             )  # fmt: skip
             self._running[sub.index] = (proc, log)

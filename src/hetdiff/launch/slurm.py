@@ -7,10 +7,18 @@ administrator (``scontrol requeue``) or cancelled and submitted again resumes th
 the loop's resume is bit-exact. The job id and state go to ``expert-k/launch.json``; submitit's
 scripts and logs to ``expert-k/slurm/``. States are read with ``squeue`` and ``scontrol`` (no
 accounting database needed).
+
+Multi-process experts (``resources.tasks`` > 1, torchrun-free as submitit recommends): the job
+asks for ``tasks`` tasks on one node (``ntasks_per_node``; ``cpus`` and ``gpus`` per task), srun
+starts ``ExpertTask`` once per task, and each task reads its rank from the Slurm environment
+(``submitit.JobEnvironment``) and runs the job command with the rendezvous variables of
+``task_environment``; the training loop joins one process group (gloo on CPU, NCCL on GPUs) and
+averages the gradient over the same global batch. Rank r > 0 logs to ``stdout-rank<r>.log``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from typing import Any
@@ -59,7 +67,11 @@ class ExpertTask:
         self.threads = threads
 
     def __call__(self) -> int:
-        code = run_job_process(self.job_path, self.threads)
+        import submitit
+
+        env = submitit.JobEnvironment()
+        extra = task_environment(env) if env.num_tasks > 1 else {}
+        code = run_job_process(self.job_path, self.threads, env.global_rank, extra)
         if code != 0:
             folder = str(self.job_path).rsplit("/", 1)[0]
             raise RuntimeError(f"expert job exited with status {code}: {last_log_line(folder)}")
@@ -70,6 +82,22 @@ class ExpertTask:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(ExpertTask(self.job_path, self.threads))
+
+
+def task_environment(env: Any) -> dict[str, str]:
+    """The ``torch.distributed`` rendezvous variables of one srun task, from its
+    ``submitit.JobEnvironment``: ``RANK`` = global rank, ``WORLD_SIZE`` = tasks of the job,
+    ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` = the job's first host and a
+    ``MASTER_PORT`` in [20000, 40000) derived from the job id (the same in every task)."""
+    port = 20000 + int(hashlib.sha256(str(env.job_id).encode()).hexdigest(), 16) % 20000
+    return {
+        "RANK": str(env.global_rank),
+        "WORLD_SIZE": str(env.num_tasks),
+        "LOCAL_RANK": str(env.local_rank),
+        "LOCAL_WORLD_SIZE": str(env.num_tasks // max(1, env.num_nodes)),
+        "MASTER_ADDR": str(env.hostnames[0]),
+        "MASTER_PORT": str(port),
+    }
 
 
 def _require(command: str) -> None:
@@ -112,7 +140,7 @@ class SlurmLauncher(Launcher):
         params: dict[str, Any] = {
             "job_name": f"hetdiff-{sub.name}",
             "nodes": 1,
-            "ntasks_per_node": 1,
+            "ntasks_per_node": r.tasks,
             "cpus_per_task": r.cpus,
             "time": r.time,
             "signal_delay_s": min(90, max(10, r.time * 6)),

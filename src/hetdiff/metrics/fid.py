@@ -57,7 +57,7 @@ def _load_inception(device: str) -> torch.nn.Module:
         return scripted
     from hetdiff.metrics.inception import FoldedInception
 
-    return FoldedInception(scripted)
+    return FoldedInception(scripted, batch=INCEPTION_BATCH)
 
 
 def to_inception_input(images: Tensor) -> Tensor:

@@ -100,8 +100,10 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         tokens = self.proj(x)  # (B, D, H/P, W/P)
-        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, D)
-        return tokens + self.pos_embed
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, D), a strided view (D-major)
+        # pos_embed first: the sum then takes pos_embed's row-major (N, D) layout, so every later
+        # LayerNorm and Linear gets a contiguous input instead of copying one (same values)
+        return self.pos_embed + tokens  # (B, N, D), contiguous
 
 
 class TimestepEmbedder(nn.Module):

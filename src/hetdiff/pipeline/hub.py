@@ -81,10 +81,12 @@ def export_command(run: str | Path, out: str | Path, fmt: str = "diffusers") -> 
     diffusers-style tree at ``out`` (see ``experts/diffusers_export.py``): built in
     ``out.partial`` and renamed when complete, so ``out`` is never half-written."""
     from hetdiff.experts.diffusers_export import (
+        PIPELINE_FILE,
         ROUTER_FOLDER,
         expert_folder,
         model_card,
         model_index,
+        pipeline_source,
         write_expert_folder,
     )
     from hetdiff.experts.router_store import read_router_spec, router_file
@@ -115,10 +117,10 @@ def export_command(run: str | Path, out: str | Path, fmt: str = "diffusers") -> 
     index = model_index(specs, router)
     (partial / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (partial / "README.md").write_text(model_card(specs, router, metrics))
+    (partial / PIPELINE_FILE).write_text(pipeline_source(specs))
     os.replace(partial, out)
-    print(
-        f"wrote {out}: {len(specs)} experts ({', '.join(expert_folder(s.cluster_id) for s in specs)}), router, model card"
-    )
+    folders = ", ".join(expert_folder(s.cluster_id) for s in specs)
+    print(f"wrote {out}: {len(specs)} experts ({folders}), router, model card, {PIPELINE_FILE}")
     return out
 
 

@@ -23,9 +23,8 @@ from typing import Any
 
 from hetdiff.config import LAUNCHERS, RunConfig
 from hetdiff.errors import HetdiffError
-from hetdiff.io import atomic_path, atomic_write_json
+from hetdiff.io import atomic_write_json
 from hetdiff.pipeline.layout import RunLayout
-from hetdiff.threads import threads_per_worker
 
 STAGES = ("cluster", "experts", "router", "sample", "evaluate", "report")
 
@@ -55,6 +54,24 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 STAGE_INPUTS["report"] = STAGE_INPUTS["evaluate"]
 _PLACEMENT_KEYS = ("resources",)  # config keys that say where, not what: changeable on a rerun
+# Settings added after run folders already existed. At their default they are left out of the
+# stage keys and the folder check, so a folder written by an earlier hetdiff resumes as it was.
+_ADDED_DEFAULTS = {
+    "experts": {"gradient_checkpointing": False},
+    "router": {"arch": "film", "size": "tiny"},
+}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a ``RunConfig.to_dict()``) without the added settings at their defaults."""
+    config = json.loads(json.dumps(config))
+    for section, defaults in _ADDED_DEFAULTS.items():
+        entries = config.get(section)
+        for entry in entries if isinstance(entries, list) else [entries]:
+            for name, default in defaults.items():
+                if isinstance(entry, dict) and entry.get(name, default) == default:
+                    entry.pop(name, None)
+    return config
 
 
 def _log(message: str) -> None:
@@ -76,8 +93,10 @@ class Run:
         ensemble (the router renormalized over the experts present) instead of stopping."""
         if launcher not in LAUNCHERS:
             raise HetdiffError(f"unknown launcher {launcher!r}; use {', '.join(LAUNCHERS)}")
+        from hetdiff.pipeline.run_store import open_run_root
+
         self.config = config
-        self.out = Path(out)
+        self.out, self.store = open_run_root(out)  # a URL root works in a local mirror
         self.layout = RunLayout(self.out)
         self.launcher = launcher
         self.allow_missing = allow_missing
@@ -129,7 +148,7 @@ class Run:
 
     def stage_key(self, stage: str) -> str:
         """Hash of the config values ``stage`` depends on (``STAGE_INPUTS``)."""
-        c = self.config.to_dict()
+        c = _comparable(self.config.to_dict())
         c["sample_count"] = max(self.config.sample.n, self.config.evaluate.n)  # drawn per model
         return _hash({"stage": stage, **{name: c[name] for name in STAGE_INPUTS[stage]}})
 
@@ -149,8 +168,8 @@ class Run:
         """Refuse a folder that holds another run's artifacts (before any work starts)."""
         saved = self.layout.config
         if saved.is_file():
-            previous = json.loads(saved.read_text())
-            current = json.loads(json.dumps(self.config.to_dict()))
+            previous = _comparable(json.loads(saved.read_text()))
+            current = _comparable(self.config.to_dict())
             for key in _PLACEMENT_KEYS:  # where experts train does not change what they are
                 previous.pop(key, None)
                 current.pop(key, None)
@@ -166,10 +185,14 @@ class Run:
             )
 
     def execute(self) -> dict[str, Any]:
+        if self.store is not None:
+            _log(f"artifact root {self.store.url}, work folder {self.out}")
+            self.store.pull(log=_log)
         self.check_folder()
         self.out.mkdir(parents=True, exist_ok=True)
         resolved = self.config.to_dict()
         atomic_write_json(self.layout.config, resolved)
+        self.push()
         print(json.dumps(resolved, indent=2))
         started = time.time()
         timings = {}
@@ -179,13 +202,21 @@ class Run:
                 continue
             t0 = time.time()
             _log(f"stage {stage}: start")
-            getattr(self, f"stage_{stage}")()
-            timings[stage] = round(time.time() - t0, 1)
-            missing = {"missing": self.missing} if stage == "experts" and self.missing else {}
-            self.mark(stage, seconds=timings[stage], **missing)
+            try:
+                getattr(self, f"stage_{stage}")()
+                timings[stage] = round(time.time() - t0, 1)
+                missing = {"missing": self.missing} if stage == "experts" and self.missing else {}
+                self.mark(stage, seconds=timings[stage], **missing)
+            finally:  # what a stage finished reaches the store even when a later part failed
+                self.push()
             _log(f"stage {stage}: finished in {timings[stage]} s")
         _log(f"run finished in {time.time() - started:.0f} s: {self.layout.report}")
         return json.loads(self.layout.metrics.read_text())
+
+    def push(self) -> None:
+        """Upload what changed to the run's artifact root when it is a URL (``run_store``)."""
+        if self.store is not None:
+            self.store.push(log=_log)
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -207,99 +238,17 @@ class Run:
         _log(f"cluster sizes: {list(partition.sizes)}")
 
     def stage_experts(self) -> None:
-        """Train every expert as its own job on the run's launcher (``hetdiff.launch``): the
+        """Train every expert as its own job on the run's launcher (``hetdiff.launch``; the
         local launcher runs ``workers`` processes at a time here, Slurm and Ray each expert
-        where its ``resources`` say. A finished expert is kept, an expert whose job is still
-        pending or running (a previous ``hetdiff run`` submitted it) is followed, not
-        resubmitted; the rest are (re)submitted and resume from their last checkpoint. Experts
-        that fail are named; with ``allow_missing`` the run goes on without them."""
-        from hetdiff.launch import ACTIVE, make_launcher
-        from hetdiff.launch.base import last_log_line
+        where its ``resources`` say), following jobs an earlier run submitted
+        (``pipeline.expert_jobs.launch_experts``); with ``allow_missing`` experts that fail
+        are named and the run goes on without them."""
+        from hetdiff.pipeline.expert_jobs import launch_experts
 
-        launcher = make_launcher(self.launcher, self.config.workers)
-        threads = threads_per_worker(self.config.workers)  # the cores this run may use, shared
-        followed = []
-        for k in range(len(self.config.experts)):
-            if self._expert_finished(k):
-                _log(f"expert {k}: finished before, kept")
-                continue
-            sub = self._expert_submission(k, threads)
-            if launcher.status(sub) in ACTIVE:
-                _log(f"expert {k}: its {self.launcher} job is queued or running, following it")
-            else:
-                self._write_job(k)
-                e = self.config.experts[k]
-                _log(f"expert {k}: {e.objective}/{e.prediction} {e.schedule or ''} "
-                     f"submitted to the {self.launcher} launcher")  # fmt: skip
-                launcher.submit(sub)
-            followed.append(sub)
-        launcher.wait(followed, log=_log)
-        failures = {}
-        for sub in followed:
-            if self._expert_finished(sub.index):
-                _log(f"expert {sub.index}: trained")
-            else:
-                failures[sub.index] = f"expert {sub.index}: {last_log_line(sub.folder)}"
-        self.missing = sorted(failures)
-        if failures and not self.allow_missing:
-            raise HetdiffError(
-                "; ".join(failures.values()) + f" (logs in {self.experts_dir}; rerun to resume, "
-                "or pass --allow-missing to go on without them)"
-            )
-        for k, failure in failures.items():
-            _log(f"{failure}; missing: the ensemble goes on without cluster {k}")
-
-    def _expert_finished(self, k: int) -> bool:
-        """True when ``expert-k/expert.safetensors`` verifies against its digest and records
-        the requested steps: the training loop writes the final artifact before it commits
-        the final state, so such a file is the finished expert whatever the state says."""
-        from hetdiff.experts.store import read_spec
-
-        ckpt = self.expert_dir(k) / "expert.safetensors"
-        if not ckpt.is_file():
-            return False
-        try:
-            return read_spec(ckpt).steps == self.config.experts[k].steps
-        except HetdiffError:
-            return False
-
-    def _expert_submission(self, k: int, threads: int):
-        """Expert ``k``'s job: ``threads`` threads here, its ``resources.cpus`` on an island."""
-        from hetdiff.launch import ExpertSubmission
-
-        resources = self.config.resources_of(k)
-        remote_threads = threads if self.launcher == "local" else resources.cpus
-        return ExpertSubmission(k, self.expert_dir(k) / "job.json", resources, remote_threads)
-
-    def _write_job(self, k: int) -> None:
-        """Write ``expert-k/job.json`` (an ``ExpertJob``: the run's settings for expert k with
-        seed ``seed + k``, 4 checkpoints and the run's conditioning); every launcher runs
-        ``python -m hetdiff.training.jobs`` on it, logging to stdout.log."""
-        import dataclasses
-
-        from hetdiff.training.jobs import ExpertJob
-
-        e = self.config.experts[k]
-        folder = self.expert_dir(k)
-        folder.mkdir(parents=True, exist_ok=True)
-        settings = dataclasses.replace(
-            e,
-            seed=self.config.seed + k,
-            checkpoint_every=max(1, e.steps // 4),
-            progress=False,
-            class_conditional=self.config.class_conditional,
-            text_encoder=self.config.text_encoder,
-        )
-        resume = _has_committed_state(folder)  # a partial first checkpoint starts over
-        job = ExpertJob(
-            data=self.config.data, out=str(folder), settings=settings,
-            resolution=self.config.resolution, partition=str(self.partition_path), cluster=k,
-            resume=resume,
+        self.missing = launch_experts(
+            self.config, self.layout, self.launcher, range(len(self.config.experts)),
+            self.allow_missing, log=_log,
         )  # fmt: skip
-        with atomic_path(folder / "job.json") as tmp:
-            tmp.write_text(job.to_json())
-        if resume:
-            _log(f"expert {k}: resuming from its last checkpoint")
 
     def stage_router(self) -> None:
         import dataclasses

@@ -112,7 +112,7 @@ def sample_command(
     n: int = 16,
     steps: int = 30,
     solver: str = "heun",
-    shift: float = 1.0,
+    shift: float | None = None,
     cfg: float = 1.0,
     class_choice: str | None = None,
     prompt: list[str] | None = None,

@@ -13,16 +13,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from hetdiff.config.shards import ExportSettings, FeatureSettings, SplitSettings
 from hetdiff.errors import HetdiffError
 
 
-def export_data_command(data: str, out: str, shards: int = 8, fmt: str = "wds") -> str:
-    """Export the data set ``data`` to ``shards`` shards under ``out``; print and return the
-    spec that reads them back (``wds:OUT/{00000..}.tar`` or ``parquet:OUT``)."""
+def export_data_command(data: str, out: str, settings: ExportSettings | None = None) -> str:
+    """Export the data set ``data`` to ``settings.shards`` shards of ``settings.format`` under
+    ``out``; print and return the spec that reads them back (``wds:OUT/{00000..}.tar`` or
+    ``parquet:OUT``)."""
     from hetdiff.data.export import export_dataset, shard_pattern
 
-    index = export_dataset(data, out, shards=shards, fmt=fmt)
-    pattern = shard_pattern(out, index, fmt)
+    settings = settings or ExportSettings()
+    index = export_dataset(data, out, shards=settings.shards, fmt=settings.format)
+    pattern = shard_pattern(out, index, settings.format)
     print(f"wrote {index['total']} samples of {data} as {len(index['shards'])} shards: {pattern}")
     return pattern
 
@@ -42,22 +45,20 @@ def _process_group() -> tuple[int, int, bool]:
 
 
 def features_command(
-    data: str,
-    out: str,
-    encoder: str = "efficientnet-lite0",
-    batch_size: int = 64,
-    progress: bool = True,
+    data: str, out: str, settings: FeatureSettings | None = None, progress: bool = True
 ) -> dict[str, Any] | None:
-    """Encode every shard of the shard spec ``data`` with ``encoder`` (a registered name or
-    ``hf:PATH``) into the folder ``out``; finished shards are skipped. Returns the index on
-    rank 0 (None on other ranks)."""
+    """Encode every shard of the shard spec ``data`` with ``settings.encoder`` (a registered
+    name or ``hf:PATH``) into the folder ``out``; finished shards are skipped. Returns the
+    index on rank 0 (None on other ranks)."""
     from hetdiff.data.features import get_encoder
     from hetdiff.data.shard_features import extract_features, write_feature_index
     from hetdiff.data.shards import is_shard_spec
 
     if not is_shard_spec(data):
         raise HetdiffError(f"--data {data!r} is not a shard spec; use wds:, parquet: or hf:")
-    model = get_encoder(encoder)
+    settings = settings or FeatureSettings()
+    batch_size = settings.batch_size
+    model = get_encoder(settings.encoder)
     rank, world, started = _process_group()
     try:
         bar = tqdm(desc=f"features rank {rank}", unit="img", disable=not progress)
@@ -86,22 +87,16 @@ def features_command(
 
 
 def split_command(
-    data: str,
-    features: str,
-    out: str,
-    k: int,
-    fine: int | None = None,
-    subsample: int = 200_000,
-    seed: int = 0,
-    per_shard: int = 1000,
+    data: str, features: str, out: str, k: int, settings: SplitSettings | None = None
 ) -> dict[str, Any]:
     """Cluster the features of ``data`` into ``k`` and write one shard set per cluster under
-    ``out``; print the cluster sizes and the spec each island trains from."""
+    ``out`` (a killed run resumes); print the cluster sizes and the spec each island trains
+    from."""
     from hetdiff.data.shard_split import split_shards
 
-    record = split_shards(
-        data, features, out, k, fine=fine, subsample=subsample, seed=seed, per_shard=per_shard
-    )
+    s = settings or SplitSettings()
+    record = split_shards(data, features, out, k, fine=s.fine, subsample=s.subsample,
+                          seed=s.seed, per_shard=s.per_shard)  # fmt: skip
     print(
         f"split {record['total']} samples of {data} into K={k} via {record['fine']} fine "
         f"clusters (subsample {record['subsample']}, features {record['encoder']})"

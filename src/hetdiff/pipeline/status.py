@@ -6,29 +6,40 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hetdiff.config import RunConfig, build_settings
 from hetdiff.errors import HetdiffError
 from hetdiff.launch import COMPLETED, read_record
 from hetdiff.pipeline.layout import RunLayout
 
 
-def expert_states(out: str | Path) -> list[dict[str, Any]]:
-    """One entry per expert of the run in ``out``: ``expert`` (k), ``launcher``, ``job_id``,
-    ``state`` (``COMPLETED`` when its checkpoint verifies with all its steps; a Slurm job's live
-    state; else the last recorded one, or ``NOT SUBMITTED``) and ``step`` (the last committed
-    training step, or None)."""
-    from hetdiff.config import RunConfig, build_settings
-    from hetdiff.experts.store import read_spec
-    from hetdiff.launch.base import ExpertSubmission
-    from hetdiff.training.loop import STATE_DIRNAME
-    from hetdiff.training.state import read_manifest
-
-    layout = RunLayout(Path(out))
+def saved_config(layout: RunLayout, out: str | Path) -> RunConfig:
+    """The ``RunConfig`` a run saved in ``layout.config``; a one-line error when ``out`` (as
+    the user gave it) holds no run."""
     if not layout.config.is_file():
         raise HetdiffError(f"{out} holds no hetdiff run (no config.json); pass a run folder")
     values = json.loads(layout.config.read_text())
     if not values.get("resources"):  # saved as [] when the run used the defaults
         values.pop("resources", None)
-    config = build_settings(RunConfig, values)
+    return build_settings(RunConfig, values)
+
+
+def expert_states(out: str | Path) -> list[dict[str, Any]]:
+    """One entry per expert of the run in ``out`` (a folder, or an fsspec URL whose config and
+    experts are pulled into its work folder first): ``expert`` (k), ``launcher``, ``job_id``,
+    ``state`` (``COMPLETED`` when its checkpoint verifies with all its steps; a Slurm job's live
+    state; else the last recorded one, or ``NOT SUBMITTED``) and ``step`` (the last committed
+    training step, or None)."""
+    from hetdiff.experts.store import read_spec
+    from hetdiff.launch.base import ExpertSubmission
+    from hetdiff.pipeline.run_store import open_run_root
+    from hetdiff.training.loop import STATE_DIRNAME
+    from hetdiff.training.state import read_manifest
+
+    folder, store = open_run_root(out)
+    if store is not None:
+        store.pull(prefixes=("config.json", "experts/"), log=lambda line: None)
+    layout = RunLayout(folder)
+    config = saved_config(layout, out)
     entries = []
     for k, expert in enumerate(config.experts):
         folder = layout.expert(k)

@@ -14,9 +14,10 @@ Strategies:
     sample  one expert per row drawn from Categorical(r), a fresh draw at every evaluation
 
 top-k, top1 and sample group the batch by chosen expert: each expert runs once per evaluation on
-just its rows (``index_select``), and the results are scattered back, so top1 costs one expert
-pass over the batch plus the router. ``sample`` draws on the CPU from the ensemble's own seeded
-``torch.Generator``, so the draws depend on the seed only (not on the device).
+just its rows (``index_select``; a whole batch for one expert goes through uncopied), and the
+results are scattered back, so top1 costs one expert pass over the batch plus the router.
+``sample`` draws on the CPU from the ensemble's own seeded ``torch.Generator``, so the draws
+depend on the seed only (not on the device).
 """
 
 from __future__ import annotations
@@ -38,10 +39,6 @@ from hetdiff.objectives.velocity import VelocityModel, common_t_range
 
 RouterFn = Callable[[Tensor, Tensor, Any], Tensor]
 """router(x (B, C, H, W), t (B,) in [0, 1], cond) -> logits (B, K)."""
-
-
-def _index_cond(cond: Conditioning | None, rows: Tensor) -> Conditioning | None:
-    return None if cond is None else cond.index(rows)
 
 
 class Ensemble(nn.Module):
@@ -191,7 +188,10 @@ class Ensemble(nn.Module):
             rows = hit.any(dim=1).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            v = expert(x.index_select(0, rows), t.index_select(0, rows), _index_cond(cond, rows))
+            if single and rows.numel() == x.shape[0]:  # one expert takes every row: no copies
+                return expert(x, t, cond).to(x.dtype)
+            sub = None if cond is None else cond.index(rows)
+            v = expert(x.index_select(0, rows), t.index_select(0, rows), sub)
             v = v.to(x.dtype)  # under autocast an expert answers in bf16
             if single:  # top1 / sample: the weight is exactly 1
                 velocity.index_copy_(0, rows, v)

@@ -73,6 +73,18 @@ def draw_conditions(
     return labels, bank.conditioning(caption_ids[rows])
 
 
+def model_sampling_grid(velocity: Any) -> Callable[[int], Tensor] | None:
+    """A model's own sampling grid ``grid(steps) -> (steps + 1,) times ending at 0``: its
+    ``sampling_grid`` (an imported diffusers flow model: its scheduler's shifted sigmas), or an
+    ensemble's when every expert has the same one; None otherwise (uniform in t)."""
+    grid = getattr(velocity, "sampling_grid", None)
+    experts = getattr(velocity, "experts", None)
+    if grid is None and experts is not None and len(experts) > 0:
+        grids = [getattr(expert, "sampling_grid", None) for expert in experts]
+        grid = grids[0] if all(g is not None and g == grids[0] for g in grids) else None
+    return grid
+
+
 @torch.no_grad()
 def generate(
     velocity: Any,
@@ -82,7 +94,7 @@ def generate(
     solver: str = "heun",
     labels: Tensor | None = None,
     cfg: float = 1.0,
-    shift: float = 1.0,
+    shift: float | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
@@ -93,13 +105,18 @@ def generate(
     ``forward(x, t, cond)``), integrating over its valid t-range. Image i depends only on
     seeds[i] (and labels[i] / cond row i). ``cfg`` != 1 applies classifier-free guidance against
     the null condition. ``cond`` (e.g. prompt embeddings, one row per seed) replaces ``labels``;
-    ``decode`` (a latent expert's autoencoder) maps each finished batch to pixels.
+    ``decode`` (a latent expert's autoencoder) maps each finished batch to pixels. ``shift``
+    None: the model's own grid (``velocity.sampling_grid(steps)``: an imported diffusers flow
+    model's shifted sigmas) if it has one, else uniform in t (shift 1).
     """
     if labels is not None and cond is not None:
         raise HetdiffError("give labels or cond, not both")
     if cond is not None and cond.batch_size != len(seeds):
         raise HetdiffError(f"cond has {cond.batch_size} rows for {len(seeds)} seeds; give one each")
     t_range = tuple(getattr(velocity, "t_range", (0.0, 1.0)))
+    own_grid = model_sampling_grid(velocity) if shift is None else None
+    grid = None if own_grid is None else own_grid(steps)
+    shift = 1.0 if shift is None else shift
     fn = velocity
     if cfg != 1.0:
         if labels is None and cond is None:
@@ -118,6 +135,6 @@ def generate(
             chunk_cond = cond.index(rows).to(device)
         else:
             chunk_cond = None if labels is None else labels[rows].to(device)
-        sample = solve(fn, noise, steps, t_range, solver, shift, chunk_cond, callback)
+        sample = solve(fn, noise, steps, t_range, solver, shift, chunk_cond, callback, grid)
         out.append((sample if decode is None else decode(sample)).cpu())
     return torch.cat(out)

@@ -146,11 +146,16 @@ def solve(
     shift: float = 1.0,
     cond: Any = None,
     callback: StepCallback | None = None,
+    grid: Tensor | None = None,
 ) -> Tensor:
     """Sample from standard normal ``noise``: start at x = t_max * noise (the flow path's marginal
-    scale at t_max, up to the negligible data term) and integrate to t = 0 on ``time_grid``."""
+    scale at t_max, up to the negligible data term) and integrate to t = 0 on ``time_grid``, or
+    on ``grid`` (a model's own decreasing grid ending at 0, e.g. diffusers' flow sigmas)."""
     t_min, t_max = t_range
-    grid = time_grid(steps, t_max=t_max, t_min=t_min, shift=shift)
+    if grid is None:
+        grid = time_grid(steps, t_max=t_max, t_min=t_min, shift=shift)
+    else:
+        t_max = float(grid[0])
     return get_solver(solver)(velocity, noise * t_max, grid, cond, callback)
 
 

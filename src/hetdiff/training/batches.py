@@ -9,14 +9,19 @@ Epoch e visits ``randperm(N)`` drawn from a generator seeded by (seed, e); one o
 takes the next ``batch_size`` indices and splits them over ``grad_accum`` micro-steps and
 ``world`` ranks: micro-step j on rank r takes ``block[j*m:(j+1)*m][r::world]``, m =
 batch_size / grad_accum.
+
+Streamed data (``BatchStream``, e.g. ``hetdiff.training.stream.StreamBatches`` over shards)
+replaces the permutation: each optimizer step asks the stream for its next global batch and
+splits it the same way; the stream's position is part of the saved training state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from accelerate import Accelerator
@@ -26,6 +31,27 @@ from hetdiff.errors import HetdiffError
 
 Targets = Tensor | tuple[Tensor, ...] | None
 """None, one (N,) int64 column, or a tuple of (N,) int64 columns."""
+
+
+@runtime_checkable
+class BatchStream(Protocol):
+    """Training data read as a stream instead of an (N, C, H, W) tensor.
+
+    ``next_batch(B)`` gives the next global batch: images (B, C, H, W) float and its targets
+    (None, (B,) int64 or a tuple of them); ``state_dict()`` / ``load_state_dict()`` save and
+    restore the position as JSON-ready values, so a resumed run gets the same batches;
+    ``fingerprint`` names the data (a resume refuses another); ``len()`` is the sample count.
+    """
+
+    fingerprint: str
+
+    def __len__(self) -> int: ...
+
+    def next_batch(self, size: int) -> tuple[Tensor, Targets]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def derive_seed(*parts: object) -> int:
@@ -56,9 +82,15 @@ def select_rows(targets: Targets, rows: Tensor, device: torch.device) -> Targets
 
 
 def check_inputs(
-    images: Tensor, targets: Targets, batch_size: int, grad_accum: int, world: int
+    images: Tensor | BatchStream, targets: Targets, batch_size: int, grad_accum: int, world: int
 ) -> None:
-    """One-line errors for data the loop cannot train on (shapes, dtypes, batch split)."""
+    """One-line errors for data the loop cannot train on (shapes, dtypes, batch split); a
+    ``BatchStream`` brings its own targets, so ``targets`` must then be None."""
+    if isinstance(images, BatchStream):
+        if targets is not None:
+            raise HetdiffError("streamed data brings its own targets; pass labels=None")
+        _check_split(len(images), batch_size, grad_accum, world)
+        return
     if images.ndim != 4 or not images.is_floating_point():
         raise HetdiffError(
             f"images must be a float tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
@@ -83,6 +115,10 @@ def check_inputs(
         raise HetdiffError(
             f"labels must be int64 of shape ({n},), got {targets.dtype} {tuple(targets.shape)}"
         )
+    _check_split(n, batch_size, grad_accum, world)
+
+
+def _check_split(n: int, batch_size: int, grad_accum: int, world: int) -> None:
     split = world * grad_accum
     if batch_size % split:
         raise HetdiffError(
@@ -130,6 +166,35 @@ def accumulate_gradients(
     if world > 1:
         step_loss = accelerator.reduce(step_loss, reduction="mean")
     return step_loss
+
+
+def prepare_accelerator(config: Any, accelerator: Accelerator | None) -> tuple[Accelerator, str]:
+    """The loop's Accelerator (a new one when None: CPU under torchrun when CUDA is absent)
+    and the resolved precision, after checking it agrees with ``config`` (a ``TrainConfig``),
+    ``$WORLD_SIZE`` and the loop's own gradient accumulation."""
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator is None:
+        accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(config.mixed_precision),
+            # Accelerate ignores torchrun on a machine without CUDA unless told cpu=True.
+            cpu=launched_world > 1 and not torch.cuda.is_available(),
+        )
+    if accelerator.num_processes != launched_world:
+        raise HetdiffError(
+            f"launched with WORLD_SIZE={launched_world} but the Accelerator runs "
+            f"{accelerator.num_processes} process(es); on CPU pass Accelerator(cpu=True)"
+        )
+    precision = resolve_mixed_precision(config.mixed_precision, accelerator.device)
+    if accelerator.mixed_precision != precision:
+        raise HetdiffError(
+            f"mixed_precision {config.mixed_precision!r} resolves to {precision!r} but the given "
+            f"Accelerator uses {accelerator.mixed_precision!r}; make them agree"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        raise HetdiffError(
+            "pass gradient accumulation as TrainConfig.grad_accum, not to Accelerator"
+        )
+    return accelerator, precision
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

@@ -18,6 +18,7 @@ from hetdiff.config import ExpertSettings
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.build import build_expert_spec
 from hetdiff.experts.store import save_expert
+from hetdiff.models.checkpointing import enable_gradient_checkpointing
 from hetdiff.models.dit import DiT, dit_config
 from hetdiff.objectives.losses import LossFn, make_loss_fn
 from hetdiff.objectives.schedules import make_schedule
@@ -122,6 +123,8 @@ def train_expert(
     net, model_dict = build_expert_net(settings, dataset, None if bank is None else bank.dim)
     if init_state is not None:
         net.load_state_dict(init_state, strict=True)
+    if settings.gradient_checkpointing:  # same weights and state dict, less activation memory
+        enable_gradient_checkpointing(net)
     loss_fn = expert_loss_fn(settings)
     if bank is not None:
         from hetdiff.models.text import CaptionConditioned

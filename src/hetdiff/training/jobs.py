@@ -39,6 +39,8 @@ class ExpertJob:
     autoencoder: str | None = None  # diffusers AutoencoderKL folder: train in its latents
     cache_dir: str | None = None  # caption embeddings (and latents); None = the default cache
     allow_lr_change: bool = False  # with resume: continue with settings.lr (after a divergence)
+    stream: bool = False  # read the shard spec `data` as a stream (hetdiff.training.stream)
+    shuffle_buffer: int | None = None  # with stream: buffer samples; None = StreamSettings'
 
     def __post_init__(self) -> None:
         for name in ("data", "out"):
@@ -57,7 +59,12 @@ class ExpertJob:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise HetdiffError(f"ExpertJob.{name} must be a string or null, got {value!r}")
-        for name in ("resume", "allow_lr_change"):
+        if self.shuffle_buffer is not None and (
+            isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int)
+        ):
+            raise HetdiffError(f"ExpertJob.shuffle_buffer must be an integer or null, got "
+                               f"{self.shuffle_buffer!r}")  # fmt: skip
+        for name in ("resume", "allow_lr_change", "stream"):
             if not isinstance(getattr(self, name), bool):
                 raise HetdiffError(
                     f"ExpertJob.{name} must be true or false, got {getattr(self, name)!r}"
@@ -152,6 +159,10 @@ def run_expert_job(job: ExpertJob) -> Path:
     trains from scratch, or fine-tunes ``job.init`` with the flow loss (architecture and
     objective kept). One-line HetdiffErrors for bad data, partitions or checkpoints.
     """
+    if job.stream:
+        from hetdiff.training.stream import run_streamed_job
+
+        return run_streamed_job(job)
     dataset, cluster, autoencoder = _load_data(job)
     s = job.settings
     print(

@@ -17,7 +17,8 @@ the loss comes from ``generator``, seeded by (seed, rank) on the training device
 torch's global CPU/CUDA RNG states. A resumed run therefore continues bitwise like one that was
 never stopped (same process count, same hardware); ``hetdiff.training.resume`` refuses a resume
 with other math, precision, process count or data (a fingerprint of images and every column).
-Epochs and micro-batches: ``hetdiff.training.batches``; the state on disk:
+Streamed data (a ``BatchStream``) replaces the permutation and saves its own position in the
+state. Epochs and micro-batches: ``hetdiff.training.batches``; the state on disk:
 ``hetdiff.training.state``.
 
 Commit protocol. At every checkpoint the artifact (``on_checkpoint``: expert.safetensors,
@@ -55,13 +56,15 @@ from hetdiff.errors import HetdiffError
 from hetdiff.io import atomic_write_json, atomic_write_text
 from hetdiff.training import state as state_io
 from hetdiff.training.batches import (
+    BatchStream,
     Targets,
     accumulate_gradients,
     check_inputs,
     derive_seed,
     epoch_permutation,
     lr_at,
-    resolve_mixed_precision,
+    prepare_accelerator,
+    resolve_mixed_precision,  # noqa: F401 (re-exported)
     warmup_factor,
 )
 from hetdiff.training.ema import EMA
@@ -150,7 +153,7 @@ class TrainingDivergedError(HetdiffError):
 
 def train(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | BatchStream,
     labels: Targets,
     loss_fn: LossFn,
     config: TrainConfig,
@@ -165,6 +168,8 @@ def train(
     images: (N, C, H, W) float; labels: None, (N,) int64, or a tuple of (N,) int64 columns; on
     CPU (batches move to the device). ``loss_fn`` gets each batch's rows of every column, in the
     same structure; the data fingerprint a resume checks covers the images and every column.
+    ``images`` may instead be a ``BatchStream`` (labels None): each step takes its next global
+    batch, and its position is saved with the state and restored on resume.
     Writes ``out_dir/log.jsonl`` (step, loss, lr, images_per_s, elapsed_s), the resolved config
     ``out_dir/train_config.json`` and the resumable state ``out_dir/train_state/`` every
     ``checkpoint_every`` steps and at the end, after calling ``on_checkpoint(ema_state_cpu,
@@ -177,28 +182,8 @@ def train(
     out_dir = Path(out_dir)
     state_root = out_dir / STATE_DIRNAME
     log_path = out_dir / LOG_NAME
-    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator is None:
-        accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(config.mixed_precision),
-            # Accelerate ignores torchrun on a machine without CUDA unless told cpu=True.
-            cpu=launched_world > 1 and not torch.cuda.is_available(),
-        )
-    if accelerator.num_processes != launched_world:
-        raise HetdiffError(
-            f"launched with WORLD_SIZE={launched_world} but the Accelerator runs "
-            f"{accelerator.num_processes} process(es); on CPU pass Accelerator(cpu=True)"
-        )
-    precision = resolve_mixed_precision(config.mixed_precision, accelerator.device)
-    if accelerator.mixed_precision != precision:
-        raise HetdiffError(
-            f"mixed_precision {config.mixed_precision!r} resolves to {precision!r} but the given "
-            f"Accelerator uses {accelerator.mixed_precision!r}; make them agree"
-        )
-    if accelerator.gradient_accumulation_steps != 1:
-        raise HetdiffError(
-            "pass gradient accumulation as TrainConfig.grad_accum, not to Accelerator"
-        )
+    accelerator, precision = prepare_accelerator(config, accelerator)
+    stream = images if isinstance(images, BatchStream) else None
     world, rank, is_main = (
         accelerator.num_processes,
         accelerator.process_index,
@@ -258,6 +243,8 @@ def train(
             accelerator.scaler.load_state_dict(meta["grad_scaler"])
         state_io.restore_rng(saved.rng, noise)
         step, epoch, position = saved.step, meta["epoch"], meta["position"]
+        if stream is not None:
+            stream.load_state_dict(meta["stream"])
         elapsed_before, last_loss, last_good = meta["elapsed_s"], meta["last_loss"], saved.step
         if is_main:
             state_io.trim_log(log_path, step)
@@ -284,6 +271,7 @@ def train(
                 "step": step,
                 "epoch": epoch,
                 "position": position,
+                **({} if stream is None else {"stream": stream.state_dict()}),
                 "ema_num_updates": ema.num_updates,
                 "scheduler": state_io.flatten_tree(scheduler.state_dict())[0],
                 "grad_scaler": None if scaler is None else scaler.state_dict(),
@@ -317,8 +305,8 @@ def train(
         return TrainingDivergedError(divergence_message(what, value, step + 1, last_good,
                                                         state_root, config.lr))  # fmt: skip
 
-    num_items = images.shape[0]
-    order = epoch_permutation(num_items, config.seed, epoch)
+    num_items = len(images)
+    order = epoch_permutation(0 if stream is not None else num_items, config.seed, epoch)
     bar = tqdm(
         total=config.steps,
         initial=step,
@@ -333,15 +321,21 @@ def train(
     try:
         model.train()
         while step < config.steps:
-            if position + config.batch_size > num_items:
-                epoch, position = epoch + 1, 0
-                order = epoch_permutation(num_items, config.seed, epoch)
-            block = order[position : position + config.batch_size]
-            position += config.batch_size
+            step_images, step_labels = images, labels
+            if stream is not None:  # the stream owns the order (hetdiff.data.shard_stream)
+                step_images, step_labels = stream.next_batch(config.batch_size)
+                block = torch.arange(config.batch_size)
+            else:
+                if position + config.batch_size > num_items:
+                    epoch, position = epoch + 1, 0
+                    order = epoch_permutation(num_items, config.seed, epoch)
+                block = order[position : position + config.batch_size]
+                position += config.batch_size
 
             step_loss = accumulate_gradients(
-                model, images, labels, block, loss_fn, noise, config.grad_accum, accelerator
-            )
+                model, step_images, step_labels, block, loss_fn, noise, config.grad_accum,
+                accelerator,
+            )  # fmt: skip
             loss_value = float(step_loss)
             if os.environ.get(DIVERGE_ENV) == str(step + 1):  # tests: a divergence on demand
                 loss_value = math.nan

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from hetdiff.errors import HetdiffError
-from hetdiff.training.batches import Targets, target_columns
+from hetdiff.training.batches import BatchStream, Targets, target_columns
 
 # TrainConfig fields whose change alters the optimization; a resume must keep them.
 RESUME_FIXED_FIELDS = (
@@ -32,12 +32,15 @@ RESUME_FIXED_FIELDS = (
 )
 
 
-def data_fingerprint(images: Tensor, targets: Targets) -> str:
+def data_fingerprint(images: Tensor | BatchStream, targets: Targets) -> str:
     """sha256 over the shapes, dtypes and bytes of the training tensors (first 16 hex digits).
 
     Covers ``images`` and every target column in order; one column (or None) hashes exactly as
-    before multi-column targets existed, so older training states still resume.
+    before multi-column targets existed, so older training states still resume. A
+    ``BatchStream`` is named by its own ``fingerprint`` (prefixed ``stream-``).
     """
+    if isinstance(images, BatchStream):
+        return f"stream-{images.fingerprint}"
     digest = hashlib.sha256()
     for tensor in (images, *target_columns(targets)):
         if tensor is None:

@@ -27,9 +27,10 @@ from hetdiff.config import RouterSettings
 from hetdiff.data.datasets import ImageDataset
 from hetdiff.data.partition import Partition
 from hetdiff.errors import HetdiffError
-from hetdiff.experts.router_store import ROUTER_FILENAME, RouterSpec, save_router
+from hetdiff.experts.router_store import ROUTER_ARCHS, ROUTER_FILENAME, RouterSpec, save_router
 from hetdiff.io import atomic_write_json
-from hetdiff.models.router import Router, RouterConfig
+from hetdiff.models.router import RouterConfig
+from hetdiff.models.router_transformer import TransformerRouterConfig, transformer_router_config
 from hetdiff.models.text import CaptionBank
 from hetdiff.objectives.paths import flow_interpolate
 from hetdiff.training.captions import dataset_caption_bank
@@ -102,6 +103,26 @@ def router_loss_fn(
     return loss_fn
 
 
+def router_network_config(
+    settings: RouterSettings,
+    num_clusters: int,
+    resolution: int,
+    channels: int,
+    num_classes: int = 0,
+    context_dim: int | None = None,
+) -> RouterConfig | TransformerRouterConfig:
+    """The network ``settings.arch`` names for K clusters of (channels, resolution) images:
+    the FiLM conv router of width ``settings.hidden``, or the transformer router of the named
+    size ``settings.size`` (``models.router_transformer.TRANSFORMER_ROUTER_CONFIGS``)."""
+    shape = {"num_classes": num_classes, "context_dim": context_dim}
+    if settings.arch == "transformer":
+        return transformer_router_config(
+            settings.size, num_clusters=num_clusters, resolution=resolution, channels=channels,
+            **shape,
+        )  # fmt: skip
+    return RouterConfig(num_clusters, resolution, channels, hidden=settings.hidden, **shape)
+
+
 def train_router(
     dataset: ImageDataset,
     partition: Partition,
@@ -117,7 +138,8 @@ def train_router(
 ) -> Path:
     """Train a router on ``dataset`` against ``partition``'s clusters; return its checkpoint.
 
-    The network is ``RouterConfig(K, resolution, channels, hidden=settings.hidden)``,
+    The network is ``router_network_config(settings, K, resolution, channels, ...)`` (the
+    FiLM conv router, or the transformer router with ``settings.arch = "transformer"``),
     conditioned on class labels when ``class_conditional`` and the data has classes, or on
     captions when ``text_encoder`` ("hash", "minilm" or a folder, the experts' encoder) is
     given (then ``context_dim`` = the encoder's token width, and class labels are not used):
@@ -135,11 +157,11 @@ def train_router(
     bank = caption_ids = None
     if text_encoder is not None:
         bank, caption_ids = dataset_caption_bank(dataset, text_encoder, caption_seed, cache_dir)
-    config = RouterConfig(
+    config = router_network_config(
+        settings,
         partition.k,
         dataset.resolution,
         dataset.channels,
-        hidden=settings.hidden,
         num_classes=dataset.num_classes if class_conditional and bank is None else 0,
         context_dim=None if bank is None else bank.dim,
     )
@@ -152,6 +174,7 @@ def train_router(
         )
     resolved: dict[str, Any] = {
         "router": config.to_dict(),
+        **({"arch": settings.arch} if settings.arch != "film" else {}),  # film: as before
         "label_dropout": settings.label_dropout,
         "partition": partition.fingerprint,
     }
@@ -170,7 +193,7 @@ def train_router(
 
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
         torch.manual_seed(settings.seed)
-        router = Router(config)
+        router = ROUTER_ARCHS[settings.arch][1](config)  # Router | TransformerRouter
     target = out_dir / ROUTER_FILENAME
 
     def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:

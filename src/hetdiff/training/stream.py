@@ -1,0 +1,164 @@
+"""An expert trained from a shard list read as a stream (``train-expert --data wds:... --stream``).
+
+``StreamBatches`` turns a ``hetdiff.data.shard_stream.ShardStream`` into the loop's
+``BatchStream``: each optimizer step takes the next B samples, decoded to the expert's
+resolution, with their targets: none (unconditional), class ids (class-conditional), or the
+batch's captions (text-conditioned: ids 0..B-1 into a caption bank of this batch's captions,
+embedded by the expert's text encoder, so no bank of every caption is ever built). The loop
+saves the stream's position (shard, member offset, shuffle buffer keys, generator state) with
+each training state, so a killed expert resumes at the same sample, bitwise.
+
+Every process of a multi-process run reads the same stream and takes its rows of each global
+batch, as with in-memory data. Memory holds the shuffle buffer (encoded samples) and one batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hetdiff.config import ExpertSettings
+from hetdiff.config.shards import StreamSettings
+from hetdiff.data.shard_stream import ShardStream
+from hetdiff.errors import HetdiffError
+from hetdiff.training.batches import Targets
+
+TARGETS = ("none", "class", "caption")
+
+
+class StreamBatches:
+    """The loop's ``BatchStream`` over ``stream``; ``targets`` is one of ``TARGETS``;
+    ``text_encoder`` (a ``hetdiff.models.text.TextEncoder``) is needed for ``caption``. After
+    ``next_batch``, ``bank`` holds the batch's caption bank (caption targets only)."""
+
+    def __init__(self, stream: ShardStream, targets: str = "none", text_encoder: Any = None):
+        if targets not in TARGETS:
+            raise HetdiffError(f"stream targets {targets!r} must be one of {', '.join(TARGETS)}")
+        if targets == "caption" and text_encoder is None:
+            raise HetdiffError("caption targets need a text encoder")
+        self.stream, self.targets, self.text_encoder = stream, targets, text_encoder
+        self.fingerprint = f"{stream.fingerprint}-{targets}"
+        self.bank: Any = None
+        self.keys: list[str] = []  # the keys of the last batch, in batch order
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def next_batch(self, size: int) -> tuple[Tensor, Targets]:
+        """(images (B, C, S, S) float32 in [-1, 1], targets (B,) int64 or None)."""
+        from hetdiff.models.text import CaptionBank
+
+        items = self.stream.take(size)
+        self.keys = [item.key for item in items]
+        images = torch.stack([item.image for item in items])
+        if self.targets == "class":
+            return images, torch.tensor([item.label for item in items], dtype=torch.int64)
+        if self.targets == "caption":
+            texts = tuple(item.caption for item in items)
+            context, mask = self.text_encoder.encode(list(texts))
+            self.bank = CaptionBank(texts, context, mask, self.text_encoder.name)
+            return images, torch.arange(size, dtype=torch.int64)
+        return images, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+
+
+def train_streamed_expert(
+    spec: str,
+    settings: ExpertSettings,
+    out_dir: str | Path,
+    resolution: int | None = None,
+    shuffle_buffer: int = StreamSettings().shuffle_buffer,
+    resume: bool = False,
+    allow_lr_change: bool = False,
+) -> Path:
+    """Train one expert from scratch on the shard spec ``spec`` read as a stream (module
+    docstring); return ``out_dir/expert.safetensors``. The checkpoint records the stream's
+    classes (class-conditional) or the text encoder, the data spec and the stream fingerprint.
+    """
+    from hetdiff.experts.build import build_expert_spec
+    from hetdiff.experts.store import save_expert
+    from hetdiff.training.expert import (
+        EXPERT_FILE,
+        build_expert_net,
+        expert_loss_fn,
+        train_config_for,
+    )
+    from hetdiff.training.loop import train
+
+    stream = ShardStream(spec, resolution, None, shuffle_buffer, settings.seed)
+    encoder = None
+    if settings.text_encoder is not None:
+        from hetdiff.models.text import load_text_encoder
+
+        encoder = load_text_encoder(settings.text_encoder)
+        targets = "caption"
+    else:
+        targets = "class" if settings.class_conditional else "none"
+    batches = StreamBatches(stream, targets, encoder)
+    info = _DataInfo(stream, spec, f"stream-{batches.fingerprint}")
+    net, model_dict = build_expert_net(settings, info, None if encoder is None else encoder.dim)
+    loss_fn = expert_loss_fn(settings)
+    if encoder is not None:
+        from hetdiff.models.text import CaptionConditioned
+
+        label_loss_fn = loss_fn
+
+        def loss_fn(model, x0, caption_ids, generator):  # batch caption ids -> embeddings
+            return label_loss_fn(CaptionConditioned(model, batches.bank), x0, caption_ids,
+                                 generator)  # fmt: skip
+
+    checkpoint = Path(out_dir) / EXPERT_FILE
+
+    def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:
+        spec_record = build_expert_spec(settings, info, model_dict, step)
+        save_expert(checkpoint, ema_state, spec_record)
+
+    config = train_config_for(settings, len(stream))
+    train(net, batches, None, loss_fn, config, out_dir, on_checkpoint, resume=resume,
+          allow_lr_change=allow_lr_change)  # fmt: skip
+    return checkpoint
+
+
+class _DataInfo:
+    """What the net builder and the spec read of a data set (``ImageDataset``'s fields)."""
+
+    def __init__(self, stream: ShardStream, spec: str, fingerprint: str) -> None:
+        self.spec, self.fingerprint = spec, fingerprint
+        self.resolution, self.channels = stream.resolution, stream.channels
+        self.class_names, self.num_classes = stream.class_names, stream.num_classes
+
+
+def run_streamed_job(job: Any) -> Path:
+    """``run_expert_job`` for a job with ``stream`` (an ``ExpertJob``): one-line errors for
+    what a stream cannot do yet (a partition's cluster, latents, a fine-tune), then trains."""
+    from hetdiff.data.shards import is_shard_spec
+
+    if not is_shard_spec(job.data):
+        raise HetdiffError(f"--stream reads shards; --data {job.data!r} is not wds:, parquet: "
+                           "or hf: (drop --stream to load it into memory)")  # fmt: skip
+    for flag, value in (("--partition", job.partition), ("--autoencoder", job.autoencoder),
+                        ("--init", job.init)):  # fmt: skip
+        if value is not None:
+            raise HetdiffError(f"--stream does not take {flag}; train from the cluster's own "
+                               "shards (hetdiff split) or drop --stream")  # fmt: skip
+    s = job.settings
+    given = {} if job.shuffle_buffer is None else {"shuffle_buffer": job.shuffle_buffer}
+    buffer = StreamSettings(**given).shuffle_buffer  # checked: >= 1
+    print(f"training {s.objective} expert ({s.prediction}) on {job.data} as a stream "
+          f"(shuffle buffer {buffer}) -> {job.out}")  # fmt: skip
+    print(json.dumps({"settings": s.to_dict(), "data": job.data, "shuffle_buffer": buffer}))
+    path = train_streamed_expert(
+        job.data, s, job.out, resolution=job.resolution, shuffle_buffer=buffer,
+        resume=job.resume, allow_lr_change=job.allow_lr_change,
+    )  # fmt: skip
+    print(f"wrote {path}")
+    return path

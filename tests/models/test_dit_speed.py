@@ -1,0 +1,110 @@
+"""The DiT's speed paths: contiguous patch tokens (bitwise the previous outputs and gradients)
+and ``compile_blocks`` (state-dict keys kept, eager outputs to float rounding)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor
+
+from hetdiff.conditioning import Conditioning
+from hetdiff.models.dit import DiT, DiTConfig, compile_blocks
+from hetdiff.models.embeddings import PatchEmbed
+
+BASE = dict(input_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2, num_heads=4)
+CONFIGS = {
+    "adaln-single, classes": DiTConfig(**BASE, num_classes=5),
+    "adaln-zero, learned sigma": DiTConfig(**BASE, modulation="adaln-zero", learned_sigma=True),
+    "text, pooled": DiTConfig(**BASE, context_dim=6, pooled_context=True),
+}
+
+
+class PreviousPatchEmbed(PatchEmbed):
+    """The patch embedding as it was before issue 19: tokens + pos_embed, whose sum kept the
+    conv output's D-major strides (every LayerNorm and Linear then copied it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+
+
+def randomized(config: DiTConfig, seed: int = 0) -> DiT:
+    """A DiT whose every parameter is random (zero-initialized heads would hide differences)."""
+    torch.manual_seed(seed)
+    model = DiT(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return model
+
+
+def batch(config: DiTConfig, rows: int = 4) -> tuple[Tensor, Tensor, Conditioning | None]:
+    gen = torch.Generator().manual_seed(1)
+    side = config.input_size
+    x = torch.randn(rows, config.in_channels, side, side, generator=gen)
+    t = torch.rand(rows, generator=gen) * 999
+    cond = None
+    if config.num_classes:
+        cond = Conditioning(class_labels=torch.tensor([0, 4, -1, 2][:rows]))
+    if config.context_dim:
+        context = torch.randn(rows, 3, config.context_dim, generator=gen)
+        mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.bool)
+        cond = Conditioning(context=context, context_mask=mask[:rows])
+    return x, t, cond
+
+
+def output_and_grads(model: DiT, config: DiTConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    x, t, cond = batch(config)
+    model.zero_grad(set_to_none=True)
+    out = model(x, t, cond)
+    (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    return out.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_patch_tokens_are_contiguous_and_equal_the_previous_tokens() -> None:
+    torch.manual_seed(0)
+    embed = PatchEmbed(input_size=8, patch_size=2, in_channels=3, hidden_size=32)
+    previous = copy.deepcopy(embed)
+    previous.__class__ = PreviousPatchEmbed
+    x = torch.randn(5, 3, 8, 8)
+    tokens, reference = embed(x), previous(x)
+    assert tokens.shape == (5, 16, 32)
+    assert tokens.is_contiguous()
+    assert not reference.is_contiguous()  # what every block used to copy
+    assert torch.equal(tokens, reference)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_defaults_give_bitwise_the_previous_outputs_and_gradients(config: DiTConfig) -> None:
+    model = randomized(config)
+    previous = copy.deepcopy(model)
+    previous.x_embedder.__class__ = PreviousPatchEmbed
+    out, grads = output_and_grads(model, config)
+    out_prev, grads_prev = output_and_grads(previous, config)
+    assert out.abs().max() > 0.1  # a real output, not zeros
+    assert torch.equal(out, out_prev)
+    assert grads.keys() == grads_prev.keys()
+    for name, grad in grads.items():
+        assert torch.equal(grad, grads_prev[name]), name
+
+
+@pytest.mark.slow  # torch.compile of two small blocks: about half a minute on 2 CPU cores
+def test_compile_blocks_keeps_the_state_dict_and_matches_eager_to_float_rounding() -> None:
+    config = CONFIGS["text, pooled"]
+    eager = randomized(config)
+    compiled = compile_blocks(copy.deepcopy(eager))
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefix
+    fresh = DiT(config)
+    fresh.load_state_dict(compiled.state_dict())  # a checkpoint of it loads into a plain DiT
+    out, grads = output_and_grads(compiled, config)
+    out_eager, grads_eager = output_and_grads(eager, config)
+    scale = out_eager.abs().max()
+    assert (out - out_eager).abs().max() <= 1e-5 * scale
+    for name, grad in grads.items():
+        ref = grads_eager[name]
+        assert (grad - ref).abs().max() <= 1e-4 * ref.abs().max().clamp_min(1e-6), name
+    with torch.no_grad():  # the inference path (sampling) compiles its own graph
+        x, t, cond = batch(config)
+        assert (compiled(x, t, cond) - eager(x, t, cond)).abs().max() <= 1e-5 * scale

@@ -1,0 +1,48 @@
+"""Stage keys of ``hetdiff run`` survive new settings: a run folder written by an earlier
+hetdiff (before ``gradient_checkpointing``, the router's ``arch`` and ``size``) resumes instead of
+retraining, because settings added at their defaults leave every key as it was."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hetdiff.config import load_config
+from hetdiff.errors import HetdiffError
+from hetdiff.pipeline.run import STAGES, Run
+
+# Computed by the hetdiff of commit c0549bf, before the settings above existed.
+DEFAULT_KEYS = {"cluster": "eaa59f0bbb9258ea", "experts": "01f39d41563943dc",
+                "router": "97e55b5254a3964b", "sample": "d3f05e8520e44295",
+                "evaluate": "d0dc98b0edf5b09d", "report": "816ad22487502f4f"}  # fmt: skip
+QUICK_KEYS = {"cluster": "ae02b9fe59aaab84", "experts": "e1551413170eaee7",
+              "router": "ee582bcf550d5c18", "sample": "caacbc9b10f64c65",
+              "evaluate": "4ae4746fc7e3f972", "report": "9563caa821229fc8"}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset,keys", [(None, DEFAULT_KEYS), ("quick", QUICK_KEYS)])
+def test_stage_keys_of_earlier_runs_are_kept(tmp_path, preset, keys):
+    run = Run(load_config(None, preset=preset), tmp_path / "run")
+    assert {stage: run.stage_key(stage) for stage in STAGES} == keys
+
+
+def test_a_changed_new_setting_changes_its_stages_only(tmp_path):
+    run = Run(load_config(None, overrides={"router": {"arch": "transformer"}}), tmp_path / "a")
+    changed = {s for s in STAGES if run.stage_key(s) != DEFAULT_KEYS[s]}
+    assert changed == {"router", "sample", "evaluate", "report"}
+
+
+def test_an_earlier_runs_config_passes_the_folder_check(tmp_path):
+    config = load_config(None)
+    old = config.to_dict()
+    for expert in old["experts"]:
+        del expert["gradient_checkpointing"]
+    del old["router"]["arch"], old["router"]["size"]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(old))
+    Run(config, out).check_folder()  # no error: the same run
+    other = load_config(None, overrides={"seed": 1})
+    with pytest.raises(HetdiffError, match="config differs in seed"):
+        Run(other, out).check_folder()

@@ -1,0 +1,72 @@
+"""``StreamBatches``: the loop's batches from a shard stream carry the expert's targets: class
+ids equal to the in-memory labels, or the batch's own shard captions in a per-batch caption
+bank; an in-memory text expert on shards embeds the shards' captions too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hetdiff.data.datasets import load_dataset
+from hetdiff.data.export import ShardSetWriter, png_bytes
+from hetdiff.data.shard_dataset import shard_keys
+from hetdiff.data.shard_stream import ShardStream
+from hetdiff.data.shards import ShardSample
+from hetdiff.errors import HetdiffError
+from hetdiff.models.text import load_text_encoder
+from hetdiff.training.batches import BatchStream
+from hetdiff.training.captions import dataset_caption_bank
+from hetdiff.training.stream import StreamBatches
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("captioned")
+    writer = ShardSetWriter(str(root), 10)
+    for i in range(40):
+        pixels = np.full((1, 8, 8), 6 * i, dtype=np.uint8)
+        meta = {"class": ("cat", "dog", "owl")[i % 3]}
+        writer.write(ShardSample(f"k/{i:03d}", png_bytes(pixels), "png", f"caption {i}", meta))
+    writer.close()
+    return f"wds:{root}"
+
+
+def _captions(spec: str) -> dict[str, str]:
+    from hetdiff.data.shards import iter_shard, parse_shard_spec
+
+    shard_set = parse_shard_spec(spec)
+    return {s.key: s.caption for shard in shard_set.shards for s in iter_shard(shard_set, shard)}
+
+
+def test_caption_batches_carry_the_shards_captions(spec) -> None:
+    batches = StreamBatches(ShardStream(spec, buffer_size=8), "caption", load_text_encoder("hash"))
+    assert isinstance(batches, BatchStream) and len(batches) == 40
+    captions = _captions(spec)
+    for _ in range(6):  # 6 x 16 > 40: crosses into the second epoch
+        images, ids = batches.next_batch(16)
+        assert images.shape == (16, 1, 8, 8) and torch.equal(ids, torch.arange(16))
+        assert batches.bank.texts == tuple(captions[key] for key in batches.keys)
+        context, mask = load_text_encoder("hash").encode(list(batches.bank.texts))
+        assert torch.equal(batches.bank.context, context) and torch.equal(batches.bank.mask, mask)
+
+
+def test_class_batches_carry_the_in_memory_labels(spec) -> None:
+    memory = load_dataset(spec)
+    row_of = {key: row for row, key in enumerate(shard_keys(spec))}
+    batches = StreamBatches(ShardStream(spec, buffer_size=8), "class")
+    images, labels = batches.next_batch(12)
+    rows = [row_of[key] for key in batches.keys]
+    assert torch.equal(labels, memory.labels[rows]) and torch.equal(images, memory.images[rows])
+    assert StreamBatches(ShardStream(spec, buffer_size=8)).next_batch(4)[1] is None
+    with pytest.raises(HetdiffError, match="need a text encoder"):
+        StreamBatches(ShardStream(spec), "caption")
+
+
+def test_in_memory_text_expert_embeds_the_shards_captions(spec, tmp_path: Path) -> None:
+    dataset = load_dataset(spec)
+    bank, ids = dataset_caption_bank(dataset, "hash", cache_dir=tmp_path)
+    captions = _captions(spec)
+    assert [bank.texts[int(i)] for i in ids] == [captions[key] for key in shard_keys(spec)]
