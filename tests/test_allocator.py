@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,8 +30,11 @@ print(json.dumps({"retained": retained, "again": retain_freed_memory(), "faults"
 
 
 def forward_faults(mode: str) -> dict:
+    # glibc's defaults: no MALLOC_* from this process (importing hetdiff.cli sets them, for
+    # children, through hetdiff.threads.thread_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode], check=True, capture_output=True, text=True
+        [sys.executable, "-c", SCRIPT, mode], check=True, capture_output=True, text=True, env=env
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -274,3 +274,34 @@ def test_cli_defaults_come_from_the_config_settings() -> None:
     train = parse(["train-expert", "--out", "o", "--stream"])
     assert train.shuffle_buffer == StreamSettings().shuffle_buffer == 1000
     assert SplitSettings().subsample == 200_000 and SplitSettings().per_shard == 1000
+
+
+@pytest.mark.slow
+def test_hetdiff_run_on_the_shard_path_trains_the_same_experts(shards, tmp_path) -> None:
+    """``hetdiff run --quick`` on the built-in ``digits`` and on its export to shards: the same
+    partition, and every expert's weights equal (only the data spec in the spec differs)."""
+    import torch
+
+    from hetdiff.experts.store import load_expert_state
+
+    _, wds = shards
+    outs = {}
+    for name, data in (("memory", "digits"), ("shards", wds)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'data = "{data}"\nworkers = 1\n')
+        outs[name] = tmp_path / name
+        done = subprocess.run(
+            [str(BIN / "hetdiff"), "run", str(config), "--quick", "--out", str(outs[name])],
+            capture_output=True, text=True, env=_env(), timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    parts = [json.loads((outs[n] / "partition.json").read_text()) for n in outs]
+    assert parts[0]["sizes"] == parts[1]["sizes"]
+    for expert in sorted((outs["memory"] / "experts").glob("expert-*")):
+        memory, spec_m = load_expert_state(expert / "expert.safetensors")
+        shard, spec_s = load_expert_state(outs["shards"] / "experts" / expert.name /
+                                          "expert.safetensors")  # fmt: skip
+        assert spec_s.data_spec == wds and spec_m.data_spec == "digits"
+        assert memory.keys() == shard.keys()
+        for key, value in memory.items():
+            assert torch.equal(value, shard[key]), (expert.name, key)

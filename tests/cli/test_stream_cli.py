@@ -6,34 +6,22 @@ crosses an epoch boundary of the stream); a text expert trains from the shards' 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import run_hetdiff as hetdiff
 from hetdiff.cli import main
 from hetdiff.experts.store import load_expert_state
 from hetdiff.training import state as state_io
-from hetdiff.training.loop import KILL_ENV
 
 # 36 steps x 64 = 2304 samples > 1797 digits: the stream starts its second epoch after step 28
 STREAM = ["train-expert", "--stream", "--shuffle-buffer", "200", "--resolution", "8",
           "--steps", "36", "--checkpoint-every", "12", "--batch-size", "64",
           "--mixed-precision", "no", "--no-progress"]  # fmt: skip
 KILLS = [("after-artifact", 36), ("before-artifact", 24)]  # resume from 24 and from 12
-
-
-def hetdiff(args: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(KILL_ENV, None)
-    if kill is not None:
-        env[KILL_ENV] = kill
-    return subprocess.run([sys.executable, "-m", "hetdiff", *args], capture_output=True,
-                          text=True, env=env, timeout=600)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

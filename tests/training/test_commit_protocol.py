@@ -6,30 +6,18 @@ whose bytes (tensors and metadata) equal an uninterrupted run's; no temporary fi
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from hetdiff.training.loop import KILL_ENV
+from helpers import run_hetdiff as hetdiff
 
 EXPERT = ["train-expert", "--data", "digits", "--resolution", "8", "--objective", "flow",
           "--steps", "6", "--checkpoint-every", "3", "--batch-size", "16",
           "--mixed-precision", "no", "--no-progress"]  # fmt: skip
 # (kill point, step): the final checkpoint at 6, and the first one (3) left uncommitted
 EXPERT_KILLS = [("before-artifact", 6), ("after-artifact", 6), ("after-state", 6), ("in-state", 3)]
-
-
-def hetdiff(args: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(KILL_ENV, None)
-    if kill is not None:
-        env[KILL_ENV] = kill
-    return subprocess.run([sys.executable, "-m", "hetdiff", *args], capture_output=True,
-                          text=True, env=env, timeout=600)  # fmt: skip
 
 
 def no_temporaries(folder: Path) -> None:
