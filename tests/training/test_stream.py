@@ -70,3 +70,23 @@ def test_in_memory_text_expert_embeds_the_shards_captions(spec, tmp_path: Path) 
     bank, ids = dataset_caption_bank(dataset, "hash", cache_dir=tmp_path)
     captions = _captions(spec)
     assert [bank.texts[int(i)] for i in ids] == [captions[key] for key in shard_keys(spec)]
+
+
+def test_streamed_text_expert_honours_gradient_checkpointing(spec, tmp_path, monkeypatch) -> None:
+    """A streamed expert is built like an in-memory one (``expert_net_and_loss``): its blocks
+    are checkpointed when asked, and the caption loss embeds each batch's own captions."""
+    import hetdiff.training.expert as expert_module
+    from hetdiff.config import ExpertSettings
+    from hetdiff.experts.store import load_expert_model
+    from hetdiff.training.stream import train_streamed_expert
+
+    wrapped = []
+    enable = expert_module.enable_gradient_checkpointing
+    monkeypatch.setattr(expert_module, "enable_gradient_checkpointing",
+                        lambda net: wrapped.append(enable(net)))  # fmt: skip
+    settings = ExpertSettings(steps=2, batch_size=8, checkpoint_every=2, progress=False,
+                              text_encoder="hash", gradient_checkpointing=True)  # fmt: skip
+    path = train_streamed_expert(spec, settings, tmp_path / "expert", shuffle_buffer=16)
+    net, spec_record = load_expert_model(path)
+    assert wrapped == [4] and spec_record.text_encoder == "hash"
+    assert all(torch.isfinite(p).all() for p in net.parameters())

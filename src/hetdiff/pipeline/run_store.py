@@ -27,7 +27,13 @@ from pathlib import Path
 
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.artifact_store import ArtifactStore, is_url
-from hetdiff.io import TEMP_SUFFIX, atomic_path, atomic_write_json, default_cache_dir
+from hetdiff.io import (
+    TEMP_SUFFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    default_cache_dir,
+    file_sha256,
+)
 
 LOCAL_ONLY = ("train_state", "slurm")  # folder names kept in the work folder only
 INDEX_NAME = ".store-index.json"  # {key: {"sha256": local file, "version": store object}}
@@ -41,14 +47,6 @@ def work_folder(url: str) -> Path:
     ``hetdiff.io.default_cache_dir() / "runs" / sha256(url)[:16]``."""
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     return default_cache_dir() / "runs" / digest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class RunStore:
@@ -94,9 +92,8 @@ class RunStore:
             if key.endswith(".safetensors") and key.startswith(CHECKPOINT_FOLDERS):
                 self.store.fetch_checkpoint(key, local)
             else:
-                with atomic_path(local) as tmp:
-                    tmp.write_bytes(self.store.get_bytes(key))
-            index[key] = {"sha256": _sha256(local), "version": version}
+                atomic_write_bytes(local, self.store.get_bytes(key))
+            index[key] = {"sha256": file_sha256(local), "version": version}
             pulled.append(key)
         if pulled:
             self._save_index(index)
@@ -128,7 +125,7 @@ class RunStore:
         index = self._index()
         pushed = []
         for key in self.local_files():
-            digest = _sha256(self.work / key)
+            digest = file_sha256(self.work / key)
             if index.get(key, {}).get("sha256") == digest:
                 continue
             self.store.put_file(key, self.work / key)

@@ -8,11 +8,12 @@ end. Nothing here talks to any other expert.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hetdiff.config import ExpertSettings
 from hetdiff.errors import HetdiffError
@@ -85,6 +86,31 @@ def expert_loss_fn(settings: ExpertSettings) -> LossFn:
     )
 
 
+def expert_net_and_loss(
+    settings: ExpertSettings,
+    dataset: Any,
+    context_dim: int | None = None,
+    caption_bank: Callable[[], Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any], LossFn]:
+    """The expert's fresh network, its architecture dict and its loss, for in-memory and
+    streamed data alike. ``settings.gradient_checkpointing`` checkpoints the network's blocks
+    (same weights and state dict, less activation memory). A text expert (``context_dim``) gets
+    ``caption_bank``, a function returning the bank that the current batch's caption ids index
+    (fixed for in-memory data, rebuilt per batch for a stream); its loss embeds the ids first."""
+    net, model_dict = build_expert_net(settings, dataset, context_dim)
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(net)
+    loss_fn = expert_loss_fn(settings)
+    if caption_bank is None:
+        return net, model_dict, loss_fn
+    from hetdiff.models.text import CaptionConditioned
+
+    def caption_loss_fn(model, x0, caption_ids, generator):  # caption ids -> caption embeddings
+        return loss_fn(CaptionConditioned(model, caption_bank()), x0, caption_ids, generator)
+
+    return net, model_dict, caption_loss_fn
+
+
 def train_expert(
     dataset: Any,
     settings: ExpertSettings,
@@ -120,20 +146,14 @@ def train_expert(
         )
     elif settings.class_conditional:
         labels = dataset.labels
-    net, model_dict = build_expert_net(settings, dataset, None if bank is None else bank.dim)
+    net, model_dict, loss_fn = expert_net_and_loss(
+        settings,
+        dataset,
+        None if bank is None else bank.dim,
+        None if bank is None else lambda: bank,
+    )
     if init_state is not None:
         net.load_state_dict(init_state, strict=True)
-    if settings.gradient_checkpointing:  # same weights and state dict, less activation memory
-        enable_gradient_checkpointing(net)
-    loss_fn = expert_loss_fn(settings)
-    if bank is not None:
-        from hetdiff.models.text import CaptionConditioned
-
-        label_loss_fn = loss_fn
-
-        def loss_fn(model, x0, caption_ids, generator):  # caption ids -> caption embeddings
-            return label_loss_fn(CaptionConditioned(model, bank), x0, caption_ids, generator)
-
     config = train_config_for(settings, len(dataset))
     checkpoint = out_dir / EXPERT_FILE
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from hetdiff.errors import HetdiffError
 from hetdiff.experts import signed
-from hetdiff.io import atomic_write_json, atomic_write_text, remove_stale_temps
+from hetdiff.io import atomic_write_json, atomic_write_text, file_sha256, remove_stale_temps
 
 MANIFEST_NAME = "latest.json"
 FORMAT_VERSION = 2  # 2: the manifest carries its own digest and the files are signed
@@ -189,14 +189,6 @@ def write_rank_state(directory: Path, rank: int, rng: Mapping[str, Tensor]) -> N
     _save_safetensors(directory / f"rng-rank{rank}.safetensors", rng, {"format": "pt"})
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def commit(root: str | Path, step: int, world_size: int) -> None:
     """Name ``step``'s directory complete in the manifest, then delete other step dirs. Main only.
 
@@ -210,7 +202,7 @@ def commit(root: str | Path, step: int, world_size: int) -> None:
         path = directory / name
         if not path.is_file():
             raise HetdiffError(f"checkpoint file {path} was not written; check disk space")
-        files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     manifest = {
         "format_version": FORMAT_VERSION,
         "step": step,
@@ -346,7 +338,7 @@ def load_train_state(
         if not path.is_file():
             raise HetdiffError(f"training state file {path} is missing; cannot resume")
         size = path.stat().st_size
-        if size != info["bytes"] or _sha256(path) != info["sha256"]:
+        if size != info["bytes"] or file_sha256(path) != info["sha256"]:
             raise HetdiffError(
                 f"training state file {path} is truncated or changed ({size} bytes, committed "
                 f"{info['bytes']}); refusing to resume from it"

@@ -86,12 +86,7 @@ def train_streamed_expert(
     """
     from hetdiff.experts.build import build_expert_spec
     from hetdiff.experts.store import save_expert
-    from hetdiff.training.expert import (
-        EXPERT_FILE,
-        build_expert_net,
-        expert_loss_fn,
-        train_config_for,
-    )
+    from hetdiff.training.expert import EXPERT_FILE, expert_net_and_loss, train_config_for
     from hetdiff.training.loop import train
 
     stream = ShardStream(spec, resolution, None, shuffle_buffer, settings.seed)
@@ -105,17 +100,10 @@ def train_streamed_expert(
         targets = "class" if settings.class_conditional else "none"
     batches = StreamBatches(stream, targets, encoder)
     info = _DataInfo(stream, spec, f"stream-{batches.fingerprint}")
-    net, model_dict = build_expert_net(settings, info, None if encoder is None else encoder.dim)
-    loss_fn = expert_loss_fn(settings)
-    if encoder is not None:
-        from hetdiff.models.text import CaptionConditioned
-
-        label_loss_fn = loss_fn
-
-        def loss_fn(model, x0, caption_ids, generator):  # batch caption ids -> embeddings
-            return label_loss_fn(CaptionConditioned(model, batches.bank), x0, caption_ids,
-                                 generator)  # fmt: skip
-
+    net, model_dict, loss_fn = expert_net_and_loss(
+        settings, info, None if encoder is None else encoder.dim,
+        None if encoder is None else lambda: batches.bank,  # this batch's captions
+    )  # fmt: skip
     checkpoint = Path(out_dir) / EXPERT_FILE
 
     def on_checkpoint(ema_state: dict[str, Tensor], step: int) -> None:
