@@ -11,8 +11,9 @@ norm folded into the convolution,
 and keeps activations channels-last without the copies. Where torch has oneDNN's fused
 convolution (``torch.ops.mkldnn._convolution_pointwise``, the kernel torch.compile's CPU backend
 emits), each convolution, bias and ReLU run as one kernel on weights reordered once, at
-construction, into oneDNN's blocked layout for the batch size used (``batch``): about 1.15-1.25x
-the plain convolution + ReLU here, with bitwise the same features. Elsewhere the plain modules run. Weights come from the file itself (nothing else is downloaded or trusted);
+construction, into oneDNN's blocked layout for the batch size used (``batch``), with bitwise the
+same features (``benchmarks/eval_speed.py`` measures the whole). Elsewhere the plain modules run.
+Weights come from the file itself (nothing else is downloaded or trusted);
 the structure is read from its module tree (Conv2dLayer, MaxPool2d, AvgPool2d, Sequential,
 InceptionA-E), and ``tests/metrics/test_inception.py`` checks the two agree to float rounding.
 """
