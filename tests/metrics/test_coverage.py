@@ -59,3 +59,5 @@ def test_class_accuracy_of_labelled_images_under_the_judge(digits, tmp_path):
     assert wrong.value <= 0.1
     with pytest.raises(HetdiffError, match="labels"):
         class_accuracy(judge, images, labels[:3])
+    with pytest.raises(HetdiffError, match="null label -1"):  # unconditional: no class to hit
+        class_accuracy(judge, images, labels.clone().fill_(-1))

@@ -92,3 +92,16 @@ def test_strategy_flops_per_sample():
     assert strategy_flops([50], router_flops=0, nfe=1, top_k=4)["top-k"] == 50
     with pytest.raises(HetdiffError, match="at least one expert"):
         strategy_flops([], router_flops=10, nfe=3)
+
+
+def test_nucleus_flops_come_from_the_measured_expert_usage():
+    # per evaluation: expert 0 on every row, expert 1 on half, expert 2 on a quarter
+    usage = {"nucleus": [1.0, 0.5, 0.25]}
+    flops = strategy_flops([100, 300, 200], router_flops=10, nfe=3, top_k=2, measured=usage)
+    assert flops["nucleus"] == 3 * (10 + 100 + 150 + 50)
+    assert {k: v for k, v in flops.items() if k != "nucleus"} == strategy_flops(
+        [100, 300, 200], router_flops=10, nfe=3, top_k=2
+    )  # the other strategies are counted as before
+    assert "nucleus" not in strategy_flops([100], router_flops=0, nfe=1)  # not measured
+    with pytest.raises(HetdiffError, match="expert usage has 2 entries for 3 experts"):
+        strategy_flops([100, 300, 200], 10, 3, measured={"nucleus": [1.0, 1.0]})

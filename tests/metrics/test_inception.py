@@ -48,8 +48,9 @@ def test_sample_features_are_cached_by_content(tmp_path, monkeypatch):
 
 
 def test_fused_convolutions_give_the_same_features_at_any_batch():
-    """The oneDNN conv + ReLU kernels on packed weights equal the plain modules bitwise, also
-    for a batch size other than the one the weights were packed for."""
+    """The oneDNN conv + ReLU kernels on packed weights equal the plain modules to float
+    rounding (bitwise at 2 threads; at 1 thread oneDNN picks other kernels: 4.5e-7 relative),
+    also for a batch size other than the one the weights were packed for."""
     from hetdiff.metrics.inception import FusedConvReLU
 
     scripted = torch.jit.load(str(fid.inception_path())).eval()
@@ -64,4 +65,5 @@ def test_fused_convolutions_give_the_same_features_at_any_batch():
     for n in (4, 3):
         x = fid.to_inception_input(torch.rand(n, 1, 16, 16, generator=gen) * 2 - 1)
         with torch.inference_mode():
-            assert torch.equal(fused(x), plain(x))
+            got, want = fused(x), plain(x)
+            assert (got - want).abs().max() <= 1e-6 * want.abs().max()

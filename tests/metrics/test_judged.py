@@ -45,3 +45,24 @@ def test_settings_are_checked():
         EvalSettings(judge_holdout=1.0)
     with pytest.raises(HetdiffError, match="bootstrap"):
         EvalSettings(bootstrap=-1)
+
+
+def test_samples_drawn_without_a_class_have_no_class_accuracy(tmp_path, monkeypatch):
+    """An expert alone samples with the null label -1 (no class asked for): class accuracy is
+    undefined for those rows, not 0 (it read 0.0 for every expert of a run, as the judge never
+    predicts -1); a set mixing null and real labels is scored on the labelled rows alone."""
+    import torch
+
+    monkeypatch.setenv("HETDIFF_CACHE_DIR", str(tmp_path))
+    digits = load_dataset("digits", resolution=8)
+    reference = judged_reference(digits, None, EvalSettings(judge_steps=100, bootstrap=20))
+    images, labels = digits.images[:64], digits.labels[:64]
+    unconditional = judged_metrics(reference, images, torch.full_like(labels, -1))
+    assert "class_accuracy" not in unconditional and "class_accuracy_ci" not in unconditional
+    assert "fd_judge" in unconditional  # the other metrics stay
+    mixed = labels.clone()
+    mixed[::2] = -1
+    scored = judged_metrics(reference, images, mixed)
+    predicted = reference.judge.predict(images[1::2])
+    expected = (predicted == labels[1::2]).double().mean().item()
+    assert expected > 0.5 and scored["class_accuracy"] == pytest.approx(expected)

@@ -46,3 +46,20 @@ def test_an_earlier_runs_config_passes_the_folder_check(tmp_path):
     other = load_config(None, overrides={"seed": 1})
     with pytest.raises(HetdiffError, match="config differs in seed"):
         Run(other, out).check_folder()
+
+
+@pytest.mark.parametrize(
+    "section,name,value,stages",
+    [
+        ("experts", "min_snr_gamma", 5.0, {"experts", "sample", "evaluate", "report"}),
+        ("sample", "top_p", 0.5, {"sample", "evaluate", "report"}),
+    ],
+)
+def test_min_snr_gamma_and_top_p_key_their_stages_only(tmp_path, section, name, value, stages):
+    """Both are dropped from the keys at their defaults (the pinned keys above), and change the
+    stages that read them when set (min_snr_gamma on the first expert, a DDPM one)."""
+    config = load_config(None).to_dict()
+    entry = config[section][0] if section == "experts" else config[section]
+    entry[name] = value
+    run = Run(load_config(None, overrides={section: config[section]}), tmp_path / "run")
+    assert {s for s in STAGES if run.stage_key(s) != DEFAULT_KEYS[s]} == stages

@@ -275,6 +275,8 @@ def test_bad_strategies_and_k_are_one_line_errors(gm4):
         (dict(strategy="best"), "unknown ensemble strategy 'best'"),
         (dict(strategy="top-k", top_k=5), "top-k needs 1 <= k <= 4"),
         (dict(strategy="top-k", top_k=0), "top-k needs 1 <= k <= 4"),
+        (dict(strategy="nucleus", top_p=0.0), r"nucleus needs top_p in \(0, 1\], got top_p=0.0"),
+        (dict(strategy="nucleus", top_p=1.5), r"nucleus needs top_p in \(0, 1\]"),
     ]
     for kwargs, message in cases:
         with pytest.raises(HetdiffError, match=message) as err:
@@ -284,7 +286,7 @@ def test_bad_strategies_and_k_are_one_line_errors(gm4):
         Ensemble(experts, [0, 1, 1, 2], router, 4)
     with pytest.raises(HetdiffError, match="cluster id 4 is outside"):
         Ensemble(experts, [0, 1, 2, 4], router, 4)
-    assert set(STRATEGIES) == {"full", "top-k", "top1", "sample"}
+    assert set(STRATEGIES) == {"full", "top-k", "top1", "sample", "nucleus"}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -567,3 +569,62 @@ def test_top1_sending_every_row_to_one_expert_is_that_expert_exactly(gm4):
     assert [e.calls for e in experts] == [0, 0, 1, 0]
     assert seen == [x_t.data_ptr()]  # the batch itself, not an index_select copy of it
     assert torch.equal(got, experts[2].inner(x_t, t))
+
+
+# --------------------------------------------------------------------------- nucleus strategy
+
+
+def test_nucleus_at_top_p_one_is_full_and_at_tiny_top_p_is_top1_exactly(gm4):
+    experts = exact_experts(gm4)
+    x_t, t = flow_points(gm4, (0.05, 0.9), n_t=12, per_t=3)
+
+    def uniform(x, t, cond=None):  # every weight tied: both must pick the lowest column
+        return torch.zeros(x.shape[0], 4, dtype=x.dtype)
+
+    for router in (random_router(3), uniform):
+
+        def run(strategy, router=router, **kwargs):
+            return Ensemble(experts, range(4), router, 4, strategy=strategy, **kwargs)(x_t, t)
+
+        assert torch.equal(run("nucleus", top_p=1.0), run("full"))
+        assert torch.equal(run("nucleus", top_p=1e-6), run("top1"))
+        assert not torch.equal(run("nucleus", top_p=1e-6), run("full"))
+
+
+def test_nucleus_equals_a_per_sample_loop_and_counts_what_it_runs(gm4):
+    experts = [Counting(e) for e in exact_experts(gm4)]
+    router = random_router(4)
+    top_p = 0.7
+    ensemble = Ensemble(experts, range(4), router, 4, strategy="nucleus", top_p=top_p)
+    x_t, t = flow_points(gm4, ensemble.t_range, n_t=16, per_t=4)
+    got = ensemble(x_t, t)
+    rows, sizes = [], []
+    for i in range(x_t.shape[0]):  # by hand: sort, keep until the kept weight reaches top_p
+        w = torch.softmax(router(x_t[i : i + 1], t[i : i + 1]), dim=1)[0]
+        order = sorted(range(4), key=lambda j: (-float(w[j]), j))
+        kept, total = [], 0.0
+        for j in order:
+            kept.append(j)
+            total += float(w[j])
+            if total >= top_p:
+                break
+        sizes.append(len(kept))
+        v = [experts[j].inner(x_t[i : i + 1], t[i : i + 1])[0] for j in kept]
+        rows.append(sum(w[j] / total * vj for j, vj in zip(kept, v, strict=True)))
+    assert rel_err(got, torch.stack(rows)) <= 1e-12
+    assert len(set(sizes)) > 1 and min(sizes) >= 1  # k really varies from row to row
+    assert max(e.calls for e in experts) == 1  # grouped: each expert once, on its rows
+    usage = ensemble.expert_usage()
+    assert [e.rows for e in experts] == (usage * x_t.shape[0]).round().long().tolist()
+    assert abs(float(usage.sum()) - sum(sizes) / len(sizes)) <= 1e-12
+    ensemble.reset_usage()
+    assert float(ensemble.expert_usage().sum()) == 0.0
+
+
+def test_expert_usage_of_full_top1_and_top_k(gm4):
+    x_t, t = flow_points(gm4, (0.05, 0.9), n_t=8, per_t=2)
+    for strategy, k, expected in (("full", 2, 4.0), ("top1", 2, 1.0), ("top-k", 3, 3.0)):
+        ensemble = Ensemble(exact_experts(gm4), range(4), random_router(5), 4, strategy, top_k=k)
+        ensemble(x_t, t)
+        ensemble(x_t[:4], t[:4])
+        assert float(ensemble.expert_usage().sum()) == expected

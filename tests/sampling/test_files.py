@@ -33,3 +33,12 @@ def test_bad_sample_sets_are_one_line_errors(tmp_path):
         SampleSet(torch.zeros(3, 4, 4))
     with pytest.raises(HetdiffError, match="labels must be"):
         SampleSet(torch.zeros(3, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_expert_usage_round_trips_and_is_absent_unless_given(tmp_path):
+    images = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    usage = torch.tensor([1.0, 0.375, 0.125], dtype=torch.float64)
+    back = load_samples(save_samples(tmp_path / "n.safetensors", SampleSet(images, None, usage)))
+    assert back.expert_usage.dtype == torch.float64 and back.expert_usage.equal(usage)
+    plain = load_samples(save_samples(tmp_path / "p.safetensors", SampleSet(images)))
+    assert plain.expert_usage is None

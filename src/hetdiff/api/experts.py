@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from hetdiff.errors import HetdiffError
 from hetdiff.objectives.schedules import DiscreteSchedule, ScheduleSpec, make_schedule
 from hetdiff.objectives.velocity import DEFAULT_TIME_SCALE, VelocityModel, make_velocity_model
-from hetdiff.sampling.ensemble import Ensemble
+from hetdiff.sampling.ensemble import TOP_P, Ensemble
 
 EXPERT_FILE = "expert.safetensors"  # what `train_expert` writes in its folder
 
@@ -67,6 +67,7 @@ def load_ensemble(
     *,
     strategy: str = "full",
     top_k: int = 2,
+    top_p: float = TOP_P,
     allow_missing: bool = False,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -83,9 +84,11 @@ def load_ensemble(
         router: the router checkpoint or its folder (local or a store URL); ``None`` only for a
             run folder.
         strategy: ``"full"`` (every expert, weighted), ``"top-k"`` (the k largest weights,
-            renormalized), ``"top1"`` (one expert per row) or ``"sample"`` (one expert per row
-            drawn from the weights at every step); ``hetdiff.STRATEGIES``.
+            renormalized), ``"top1"`` (one expert per row), ``"sample"`` (one expert per row
+            drawn from the weights at every step) or ``"nucleus"`` (per row the fewest largest
+            weights that sum to at least ``top_p``, renormalized); ``hetdiff.STRATEGIES``.
         top_k: k of ``"top-k"``, 1 <= k <= number of experts (default 2).
+        top_p: the weight ``"nucleus"`` keeps, in (0, 1] (default 0.9; 1 keeps every expert).
         allow_missing: allow clusters without an expert; the router is renormalized over the
             experts present (with a warning).
         seed: seeds the draws of ``"sample"`` (default 0).
@@ -114,7 +117,7 @@ def load_ensemble(
         folder, router = layout.experts, layout.router
     ensemble = load(
         folder, router, device=device, strategy=strategy, top_k=top_k,
-        allow_missing=allow_missing, seed=seed,
+        allow_missing=allow_missing, seed=seed, top_p=top_p,
     )  # fmt: skip
     ensemble.spec = list_experts(folder)[0][1]
     return ensemble
@@ -181,6 +184,7 @@ def make_ensemble(
     num_clusters: int | None = None,
     strategy: str = "full",
     top_k: int = 2,
+    top_p: float = TOP_P,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> Ensemble:
@@ -193,8 +197,10 @@ def make_ensemble(
             None for equal weights (a ``UniformRouter``).
         cluster_ids: the cluster each expert serves (default 0..K'-1).
         num_clusters: K of the router (default: the checkpoint's, else K').
-        strategy: ``"full"``, ``"top-k"``, ``"top1"`` or ``"sample"``, as in ``load_ensemble``.
+        strategy: ``"full"``, ``"top-k"``, ``"top1"``, ``"sample"`` or ``"nucleus"``, as in
+            ``load_ensemble``.
         top_k: k of ``"top-k"`` (default 2).
+        top_p: the weight ``"nucleus"`` keeps, in (0, 1] (default 0.9).
         seed: seeds the draws of ``"sample"`` (default 0).
         device: where a router loaded from a checkpoint goes.
 
@@ -220,20 +226,24 @@ def make_ensemble(
         k = num_clusters or len(ids)
     generator = torch.Generator().manual_seed(seed)
     ensemble = Ensemble(
-        list(experts), ids, router, k, strategy=strategy, top_k=top_k, generator=generator
-    )
+        list(experts), ids, router, k, strategy=strategy, top_k=top_k, generator=generator,
+        top_p=top_p,
+    )  # fmt: skip
     specs = [getattr(expert, "spec", None) for expert in experts]
     ensemble.spec = next((spec for spec in specs if spec is not None), None)
     return ensemble
 
 
-def with_strategy(ensemble: Ensemble, strategy: str, top_k: int = 2, seed: int = 0) -> Ensemble:
-    """The same experts and router under another routing ``strategy`` (no weights copied)."""
+def with_strategy(
+    ensemble: Ensemble, strategy: str, top_k: int = 2, seed: int = 0, top_p: float = TOP_P
+) -> Ensemble:
+    """The same experts and router under another routing ``strategy`` (no weights copied);
+    ``top_k`` and ``top_p`` as in ``load_ensemble``."""
     generator = torch.Generator().manual_seed(seed)
     routed = Ensemble(
         list(ensemble.experts), ensemble.cluster_ids, ensemble.router, ensemble.num_clusters,
         strategy=strategy, top_k=top_k, allow_missing=bool(ensemble.missing_clusters),
-        generator=generator,
+        generator=generator, top_p=top_p,
     )  # fmt: skip
     routed.spec = getattr(ensemble, "spec", None)
     return routed

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from hetdiff.errors import HetdiffError
-from hetdiff.sampling.ensemble import Ensemble
+from hetdiff.sampling.ensemble import TOP_P, Ensemble
 
 
 def _labels(classes: str | int | Sequence[int] | Tensor | None, n: int, spec: Any) -> Tensor | None:
@@ -46,6 +46,7 @@ def sample(
     prompts: Sequence[str] | None = None,
     strategy: str | None = None,
     top_k: int = 2,
+    top_p: float = TOP_P,
     shape: Sequence[int] | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
@@ -69,8 +70,10 @@ def sample(
             class-conditional model, no labels otherwise.
         prompts: texts for a caption-conditioned model; n images each, in prompt order.
         strategy: route a loaded ensemble with another strategy for this call
-            (``"full"``, ``"top-k"``, ``"top1"``, ``"sample"``); None keeps the model's.
+            (``"full"``, ``"top-k"``, ``"top1"``, ``"sample"``, ``"nucleus"``); None keeps
+            the model's.
         top_k: k of ``strategy="top-k"`` (default 2).
+        top_p: the weight ``strategy="nucleus"`` keeps, in (0, 1] (default 0.9).
         shape: (C, H, W) of one image; default from ``model.spec`` (channels, resolution).
         batch_size: images integrated at once (default 64); results do not depend on it.
         device: where the noise and the model run; images come back on the CPU.
@@ -90,7 +93,7 @@ def sample(
             raise HetdiffError("strategy= applies to an ensemble; this model is one expert")
         from hetdiff.api.experts import with_strategy
 
-        model = with_strategy(model, strategy, top_k, seed)
+        model = with_strategy(model, strategy, top_k, seed, top_p)
     if shape is None:
         if spec is None:
             raise HetdiffError("give shape=(C, H, W): this model carries no spec to read it from")

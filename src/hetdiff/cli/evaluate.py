@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ensemble strategies to measure (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--top-k", type=int, default=_SAMPLE.top_k)
+    p.add_argument("--top-p", type=float, default=_SAMPLE.top_p, help="top_p of nucleus")
     p.add_argument("--steps", type=int, default=_SAMPLE.steps)
     p.add_argument("--solver", choices=SOLVERS, default=_SAMPLE.solver)
     p.add_argument("--cfg", type=float, default=_SAMPLE.cfg)
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     sample = SampleSettings(
         steps=args.steps, solver=args.solver, strategies=tuple(args.strategies), top_k=args.top_k,
-        cfg=args.cfg,
+        cfg=args.cfg, top_p=args.top_p,
     )  # fmt: skip
     evaluate_command(
         args.experts, args.router, args.out, args.partition, settings, sample, args.seed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hetdiff.config import SOLVERS, SPACINGS, STRATEGIES
+from hetdiff.config import SOLVERS, SPACINGS, STRATEGIES, SampleSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--router", help="router checkpoint or folder (with --experts)")
     p.add_argument("--strategy", choices=STRATEGIES, default="full", help="ensemble routing")
     p.add_argument("--top-k", type=int, default=2, help="k for --strategy top-k")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=SampleSettings.top_p,
+        help="for --strategy nucleus: keep the fewest experts whose router weights sum to at "
+        "least this, in (0, 1] (default: %(default)s)",
+    )
     p.add_argument(
         "--allow-missing",
         action="store_true",
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         router=args.router,
         strategy=args.strategy,
         top_k=args.top_k,
+        top_p=args.top_p,
         allow_missing=args.allow_missing,
         n=args.n,
         steps=args.steps,

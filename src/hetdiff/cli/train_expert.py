@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", choices=DIT_CONFIGS, default=None, help=f"named DiT config (default: {d.model})"
     )
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=d.min_snr_gamma,
+        metavar="G",
+        help="ddpm: weight the loss by min-SNR-gamma (Hang et al. 2023 use 5; default: unweighted)",
+    )
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         learned_variance=args.learned_variance,
         class_conditional=not args.unconditional,
         text_encoder=args.text_encoder,
+        min_snr_gamma=args.min_snr_gamma,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,

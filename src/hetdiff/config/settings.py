@@ -22,12 +22,12 @@ from typing import Any
 from hetdiff.config.fields import at_least, build_settings, check_fields, in_unit, one_of
 from hetdiff.errors import HetdiffError
 from hetdiff.models.router_transformer import TRANSFORMER_ROUTER_CONFIGS  # router sizes
-from hetdiff.objectives.kinds import DDPM, FLOW, resolve_objective
+from hetdiff.objectives.kinds import DDPM, FLOW, resolve_objective, uses_schedule
 from hetdiff.objectives.losses import TIME_SAMPLINGS  # flow training: p(t), defined by the loss
 
 # The names a user may ask for; the code that implements each set imports it from here
 # (objectives, models and data sit below config, so their names are imported from them).
-STRATEGIES = ("full", "top-k", "top1", "sample")  # how the router's weights pick experts
+STRATEGIES = ("full", "top-k", "top1", "sample", "nucleus")  # how router weights pick experts
 EVALUATE_STRATEGIES = ("top1", "full")  # what `hetdiff evaluate` measures by default
 SOLVERS = ("euler", "heun")  # ODE solvers on the flow path
 SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIM timestep_spacing options
@@ -72,6 +72,8 @@ class ExpertSettings:
     text_encoder: str | None = None  # caption-conditioned: "hash" | "minilm" | encoder folder
     caption_seed: int = 0  # seeds each sample's caption template (hetdiff.data.captions)
     time_sampling: str = "logit_normal"  # flow: uniform | logit_normal
+    # ddpm: min-SNR-gamma loss weight (Hang et al. 2023; they use 5); None: unweighted
+    min_snr_gamma: float | None = None
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
@@ -99,6 +101,16 @@ class ExpertSettings:
             raise HetdiffError(f"ExpertSettings.lr must be a positive number, got {self.lr!r}")
         one_of(self, "time_sampling", TIME_SAMPLINGS)
         one_of(self, "mixed_precision", MIXED_PRECISION)
+        if self.min_snr_gamma is not None:
+            if self.min_snr_gamma <= 0:
+                raise HetdiffError(
+                    f"ExpertSettings.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma!r}"
+                )
+            if not uses_schedule(self.objective):
+                raise HetdiffError(
+                    "ExpertSettings.min_snr_gamma weights the DDPM loss; a flow expert takes "
+                    "none: drop it or use objective ddpm"
+                )
         if self.text_encoder is not None and not self.text_encoder.strip():
             raise HetdiffError("ExpertSettings.text_encoder must be a name or a folder, not empty")
 
@@ -160,15 +172,19 @@ class SampleSettings:
     solver: str = "heun"
     strategies: tuple[str, ...] = ("top1", "full", "top-k", "sample")
     top_k: int = 2
+    top_p: float = 0.9  # nucleus: keep the fewest experts whose weights sum to >= top_p
     cfg: float = 1.0  # classifier-free guidance scale (1 = conditional velocity)
     # text runs only: one grid per prompt from the first strategy; None = one per class (<= 8)
     prompts: tuple[str, ...] | None = None
     per_prompt: int = 16  # images in each prompt's grid
+    per_class: int = 8  # report: images in each class's row (samples drawn with that label)
 
     def __post_init__(self) -> None:
         check_fields(self)
-        at_least(self, 1, "n", "steps", "top_k", "per_prompt")
+        at_least(self, 1, "n", "steps", "top_k", "per_prompt", "per_class")
         one_of(self, "solver", SOLVERS)
+        if not 0 < self.top_p <= 1:
+            raise HetdiffError(f"SampleSettings.top_p must be in (0, 1], got {self.top_p!r}")
         if not self.strategies:
             raise HetdiffError("SampleSettings.strategies must list at least one strategy")
         for name in self.strategies:

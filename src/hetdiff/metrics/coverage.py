@@ -99,9 +99,15 @@ def class_accuracy(
     level: float = LEVEL,
 ) -> Interval:
     """Fraction of ``images`` (n, C, H, W) that ``judge`` classifies as their ``labels`` (n,)
-    (global class indices of the data set), with its interval."""
+    (global class indices of the data set, >= 0: the null label -1 asks for no class, so it has
+    no accuracy; leave those rows out), with its interval."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
     if len(labels) != len(images):
         raise HetdiffError(f"{len(images)} images but {len(labels)} labels for class accuracy")
+    if len(labels) and labels.min() < 0:
+        raise HetdiffError(
+            "class accuracy needs the class each image was drawn for; got the null label -1 "
+            "(unconditional samples): leave those rows out"
+        )
     predicted = judge.predict(images).numpy()
     return mean_interval((predicted == labels).astype(np.float64), draws, seed, level)

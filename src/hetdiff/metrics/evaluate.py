@@ -47,7 +47,8 @@ def evaluate(
     """Metrics of ensemble samples (``strategies``, by strategy name) and single-expert samples
     (``experts``, by the cluster the expert serves) of the experts at ``expert_paths`` (by
     cluster) and the router. The first ``settings.n`` images of each set are measured; FLOPs
-    count ``sample.solver`` over ``sample.steps`` steps and ``sample.top_k`` experts for top-k.
+    count ``sample.solver`` over ``sample.steps`` steps and ``sample.top_k`` experts for top-k;
+    a sample set that carries its ``expert_usage`` (nucleus) is costed by what it ran.
     """
     from hetdiff.experts.build import load_velocity_model
     from hetdiff.experts.router_store import load_router
@@ -95,6 +96,8 @@ def evaluate(
             feats = image_features(images)
             div, _ = intra_class_diversity(feats, samples.labels[: settings.n])
             entry["intra_class_diversity"] = div
+        if samples.expert_usage is not None:  # nucleus: the mean number of experts it ran
+            entry["experts_per_forward"] = float(samples.expert_usage.sum())
         if judged is not None:
             labels = None if samples.labels is None else samples.labels[: settings.n]
             own = key if group == "experts" else None
@@ -124,7 +127,12 @@ def evaluate(
     router_cond = _one_condition(router_spec.num_classes, router_spec.text_encoder)
     router_flops = forward_flops(lambda: router(x, t, router_cond))
     nfe = solver_nfe(sample.solver, sample.steps)
-    metrics["flops_per_sample"] = strategy_flops(expert_flops, router_flops, nfe, sample.top_k)
+    usage = {
+        n: s.expert_usage.tolist() for n, s in strategies.items() if s.expert_usage is not None
+    }
+    metrics["flops_per_sample"] = strategy_flops(
+        expert_flops, router_flops, nfe, sample.top_k, usage
+    )
     metrics["flops_per_forward"] = {"experts": expert_flops, "router": router_flops}
     return metrics
 

@@ -3,6 +3,9 @@
 One network evaluation (NFE) of strategy s costs router + (experts it runs):
 full: all K experts; top-k: k experts; top1 and sample: one expert. A sample costs
 NFE x that, with NFE = steps (Euler) or 2 steps - 1 (Heun; the last step is Euler).
+nucleus runs a data-dependent number of experts, so its cost is measured while sampling: with
+u_j the mean evaluations of expert j per sample per NFE (``Ensemble.expert_usage``; sum_j u_j is
+the mean nucleus size), one NFE costs router + sum_j u_j FLOPs_j.
 
 Counted: matrix products and convolutions (2 FLOPs per multiply-add) and attention. torch counts
 ``scaled_dot_product_attention`` only through its CUDA kernels; on the CPU it runs
@@ -12,7 +15,7 @@ model costs the same number of FLOPs on either device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,19 +69,35 @@ def solver_nfe(solver: str, steps: int) -> int:
 
 
 def strategy_flops(
-    expert_flops: Sequence[int], router_flops: int, nfe: int, top_k: int = 2
+    expert_flops: Sequence[int],
+    router_flops: int,
+    nfe: int,
+    top_k: int = 2,
+    measured: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """FLOPs per sample for each strategy. Top1/sample use the mean expert cost (the expected
     cost when the router spreads samples over experts of different sizes); top-k counts the k
-    most expensive experts (an upper bound)."""
+    most expensive experts (an upper bound). ``measured`` maps a strategy (nucleus) to the
+    expert usage u (K,) measured while it sampled, in the order of ``expert_flops``; its cost is
+    nfe * (router + sum_j u_j FLOPs_j). A strategy with a data-dependent cost and no measured
+    usage is left out."""
     if not expert_flops:
         raise HetdiffError("strategy_flops needs the FLOPs of at least one expert")
     mean_expert = sum(expert_flops) / len(expert_flops)
     top = sorted(expert_flops, reverse=True)[:top_k]
-    return {
+    flops = {
         "full": nfe * (router_flops + sum(expert_flops)),
         "top-k": nfe * (router_flops + sum(top)),
         "top1": nfe * (router_flops + mean_expert),
         "sample": nfe * (router_flops + mean_expert),
         "single-expert": nfe * mean_expert,
     }
+    for name, usage in (measured or {}).items():
+        if len(usage) != len(expert_flops):
+            raise HetdiffError(
+                f"{name}: expert usage has {len(usage)} entries for {len(expert_flops)} experts; "
+                "sample it again with these experts"
+            )
+        used = sum(float(u) * f for u, f in zip(usage, expert_flops, strict=True))
+        flops[name] = nfe * (router_flops + used)
+    return flops

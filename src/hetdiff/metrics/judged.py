@@ -6,9 +6,10 @@ Against a reference of real images the judge was not trained on (its held-out ro
 bootstrap interval over both sets), ``precision``/``recall``/``density``/``coverage`` (k-NN
 manifolds with ``k = EvalSettings.nearest_k``, against the first min(n, reference) reference
 rows so both sets have one size), ``class_accuracy`` (class-conditional samples classified as
-their class), cluster coverage (``coverage.cluster_coverage``), and for an expert
-``fd_judge_own_cluster`` (against the reference rows of its own cluster). Intervals are written
-``<key>_ci = [low, high]``.
+their class, over the rows drawn for a class: rows with the null label -1, such as an expert
+sampled alone, ask for no class and are left out; a set of only those has no class_accuracy),
+cluster coverage (``coverage.cluster_coverage``), and for an expert ``fd_judge_own_cluster``
+(against the reference rows of its own cluster). Intervals are written ``<key>_ci = [low, high]``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def judged_metrics(
     own_cluster: int | None = None,
 ) -> dict[str, Any]:
     """The judge-based metrics (module docstring) of ``images`` (n, C, H, W) in [-1, 1], with
-    their requested ``labels`` (n,) for class accuracy and, for an expert, its cluster."""
+    their requested ``labels`` (n,) for class accuracy (-1: no class asked for) and, for an
+    expert, its cluster."""
     settings, judge, seed = reference.settings, reference.judge, reference.seed
     draws = settings.bootstrap
     if len(images) <= settings.nearest_k:
@@ -92,8 +94,10 @@ def judged_metrics(
     real = reference.features[: len(features)]
     for name, interval in prdc_intervals(real, features, settings.nearest_k, draws, seed).items():
         _put(entry, name, interval)
-    if labels is not None and judge.is_classifier:
-        _put(entry, "class_accuracy", class_accuracy(judge, images, labels, draws, seed))
+    asked = None if labels is None else labels >= 0  # the null label -1 asks for no class
+    if asked is not None and bool(asked.any()) and judge.is_classifier:
+        accuracy = class_accuracy(judge, images[asked], labels[asked], draws, seed)
+        _put(entry, "class_accuracy", accuracy)
     if reference.partition is not None:
         assigned = assign_to_clusters(reference.partition, images)
         if assigned is not None:

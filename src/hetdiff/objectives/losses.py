@@ -4,7 +4,8 @@ All randomness (noise, times, label dropout) comes from the ``generator`` the tr
 so a resumed run draws exactly what an uninterrupted one would.
 
 DDPM (any discrete schedule): s ~ U{0..T-1}, x_s = alpha_s x0 + sigma_s eps,
-    loss = mean over dims of |net(x_s, s, cond) - target|^2, target in {eps, x0, v_ddpm}.
+    loss = mean over dims of |net(x_s, s, cond) - target|^2, target in {eps, x0, v_ddpm},
+    optionally times the min-SNR-gamma weight of step s (``min_snr_weight``).
 Flow matching: t ~ p(t), x_t = (1 - t) x0 + t eps,
     loss = mean over dims of |v(x_t, t, cond) - (eps - x0)|^2,
 with v any velocity model (a native flow net, or a DDPM net behind its adapter: a warm start).
@@ -71,6 +72,27 @@ def sample_flow_times(
     return lo + (hi - lo) * u
 
 
+def min_snr_weight(snr: Tensor, prediction: str, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), same shape as ``snr`` (SNR_s =
+    alpha_s^2 / sigma_s^2 >= 0 of the sampled steps).
+
+    The x0-loss weight min(SNR, gamma), expressed for the network's target:
+        eps: min(SNR, gamma) / SNR = min(1, gamma / SNR)     (1 where SNR <= gamma, also SNR = 0)
+        x0:  min(SNR, gamma)
+        v:   min(SNR, gamma) / (SNR + 1)
+    """
+    if prediction not in DDPM_PREDICTIONS:
+        raise HetdiffError(
+            f"unknown prediction type {prediction!r}; choose one of {', '.join(DDPM_PREDICTIONS)}"
+        )
+    if not gamma > 0:
+        raise HetdiffError(f"min_snr_gamma must be > 0, got {gamma!r}")
+    if prediction == "eps":
+        return torch.clamp(gamma / snr, max=1.0)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped if prediction == "x0" else clipped / (snr + 1)
+
+
 def ddpm_loss(
     net: nn.Module,
     x0: Tensor,
@@ -79,9 +101,12 @@ def ddpm_loss(
     generator: torch.Generator,
     cond: Any = None,
     learned_variance: bool = False,
+    min_snr_gamma: float | None = None,
 ) -> Tensor:
     """Per-sample DDPM loss at integer steps of ``schedule``; only the mean channels are trained
-    (learned-variance channels, when present, are ignored by the loss)."""
+    (learned-variance channels, when present, are ignored by the loss). ``min_snr_gamma``
+    multiplies each sample's loss by ``min_snr_weight`` of its step's SNR (computed in float64
+    from the schedule's table); None leaves the loss unweighted (the same draws either way)."""
     if prediction not in DDPM_PREDICTIONS:
         raise HetdiffError(
             f"unknown prediction type {prediction!r}; choose one of {', '.join(DDPM_PREDICTIONS)}"
@@ -95,7 +120,12 @@ def ddpm_loss(
     out = net(x_s, steps.to(x0.dtype), cond)
     if learned_variance:
         out = drop_learned_variance(out, x0.shape[1])
-    return _per_sample_mse(out, ddpm_target(prediction, x0, eps, alpha, sigma))
+    loss = _per_sample_mse(out, ddpm_target(prediction, x0, eps, alpha, sigma))
+    if min_snr_gamma is None:
+        return loss
+    snr = schedule.log_snr(steps.to(torch.float64)).exp()  # alpha_s^2 / sigma_s^2, float64
+    weight = min_snr_weight(snr, prediction, min_snr_gamma)
+    return loss * weight.to(device=loss.device, dtype=loss.dtype)
 
 
 def flow_loss(
@@ -122,12 +152,14 @@ def make_loss_fn(
     label_dropout: float = 0.1,
     learned_variance: bool = False,
     wrap: Callable[[nn.Module], VelocityModel] | None = None,
+    min_snr_gamma: float | None = None,
 ) -> LossFn:
     """A ``loss_fn(model, x0, labels, generator) -> (B,)`` for the training loop; the one place
     that picks the loss by objective.
 
     ddpm: ``ddpm_loss`` on ``schedule`` with target ``prediction`` (default eps); the
-    learned-variance channels, when present, are not trained. flow: ``flow_loss`` on the
+    learned-variance channels, when present, are not trained; ``min_snr_gamma`` weights each
+    sample by ``min_snr_weight`` (ddpm only: a flow objective refuses it). flow: ``flow_loss`` on the
     velocity ``wrap(model)`` (a FlowVelocity for a native flow net, a DDPMVelocity for a
     converted DDPM net; default FlowVelocity) with t ~ ``time_sampling``. Class labels are
     replaced by the null class (-1) with probability ``label_dropout``, drawn from the generator.
@@ -138,6 +170,8 @@ def make_loss_fn(
     prediction = prediction or default_prediction(objective)
     if uses_schedule(objective) and schedule is None:
         raise HetdiffError("a DDPM objective needs a schedule")
+    if min_snr_gamma is not None and not uses_schedule(objective):
+        raise HetdiffError("min_snr_gamma weights the DDPM loss; a flow objective takes none")
 
     def loss_fn(
         model: nn.Module, x0: Tensor, labels: Tensor | None, gen: torch.Generator
@@ -146,7 +180,9 @@ def make_loss_fn(
         if labels is not None:
             cond = drop_labels(labels, label_dropout, gen)
         if objective == DDPM:
-            return ddpm_loss(model, x0, schedule, prediction, gen, cond, learned_variance)
+            return ddpm_loss(
+                model, x0, schedule, prediction, gen, cond, learned_variance, min_snr_gamma
+            )
         velocity = wrap(model) if wrap is not None else FlowVelocity(model)
         return flow_loss(velocity, x0, gen, cond, time_sampling)
 

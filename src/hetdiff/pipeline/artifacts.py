@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hetdiff.config import RunConfig
 from hetdiff.experts.store import list_experts
+from hetdiff.metrics.verdict import ensemble_verdict
+from hetdiff.pipeline.class_rows import read_class_rows
 from hetdiff.pipeline.layout import RunLayout
 from hetdiff.report.record import ExpertRecord, PromptRecord, RunRecord
 
@@ -16,8 +18,9 @@ def _read_json(path: Path) -> dict | None:
 
 
 def run_record(config: RunConfig, layout: RunLayout) -> RunRecord:
-    """The record of a run folder: grids, logs, metrics; experts as the registry lists them
-    (by the cluster in each spec)."""
+    """The record of a run folder: grids (and the class rows of ``pipeline.class_rows``), logs,
+    metrics and their verdict (``metrics.verdict``); experts as the registry lists them (by the
+    cluster in each spec)."""
     samples = layout.samples
     experts = []
     for path, spec in sorted(list_experts(layout.experts), key=lambda e: e[1].cluster_id):
@@ -31,6 +34,7 @@ def run_record(config: RunConfig, layout: RunLayout) -> RunRecord:
             )
         )
     prompts_listing = _read_json(samples / "prompts.json") or {}
+    metrics = _read_json(layout.metrics) or {}
     prompts = tuple(
         PromptRecord(str(entry["prompt"]), samples / entry["file"])
         for entry in prompts_listing.get("prompts", [])
@@ -44,10 +48,12 @@ def run_record(config: RunConfig, layout: RunLayout) -> RunRecord:
         experts=tuple(experts),
         router_log=layout.router / "log.jsonl",
         clusters_montage=layout.clusters_montage,
-        metrics=_read_json(layout.metrics) or {},
+        metrics=metrics,
         config=config.to_dict(),
         router_weights=_read_json(samples / "router_weights.json"),
         prompt_strategy=prompts_listing.get("strategy"),
         prompts=prompts,
         missing_clusters=tuple((_read_json(layout.marker("experts")) or {}).get("missing", ())),
+        class_grids=read_class_rows(samples),
+        verdict=ensemble_verdict(metrics).line if metrics else None,
     )

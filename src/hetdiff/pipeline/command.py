@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hetdiff.config import load_config
+from hetdiff.metrics.verdict import ensemble_verdict
 from hetdiff.pipeline.run import Run
 
 
@@ -33,7 +34,8 @@ def run_pipeline(
     The config is the defaults, then the file at ``config_path`` (TOML/YAML/JSON, optional), then
     ``preset`` (``"quick"``: ``hetdiff.config.QUICK``); it is validated completely before the
     first stage starts, so a bad strategy or solver leaves ``out`` untouched. A killed run
-    resumes from its finished stages. Prints one summary line per strategy and the report path.
+    resumes from its finished stages. Prints one summary line per strategy, the verdict line
+    (``hetdiff.metrics.verdict``: does the ensemble beat its best expert) and the report path.
     ``launcher`` picks where the experts train (``hetdiff.launch``: local, slurm, ray);
     ``allow_missing`` goes on without experts that failed for good (``Run``).
     """
@@ -41,5 +43,6 @@ def run_pipeline(
     metrics = Run(config, out, launcher=launcher, allow_missing=allow_missing).execute()
     for line in strategy_summary(metrics):
         print(line)
+    print(ensemble_verdict(metrics).line)
     print(f"report: {out}/report.html")
     return metrics

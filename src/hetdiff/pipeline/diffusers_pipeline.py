@@ -42,18 +42,20 @@ def ensemble_from_components(
     router: HetdiffRouterModel,
     strategy: str = "full",
     top_k: int = 2,
+    top_p: float | None = None,
 ) -> tuple[Any, tuple[int, int, int], int, Any]:
     """(ensemble, image shape (C, H, W), classes, the first expert's spec) from the modules
     diffusers' loader built: each
     expert's hetdiff spec is read from the weights file it was loaded from (its config's
     ``_name_or_path``), its network is the loaded module itself (``HetdiffDiTModel``: its DiT);
-    the same checks as ``load_ensemble`` (``check_experts_fit``)."""
+    the same checks as ``load_ensemble`` (``check_experts_fit``). ``top_p`` of nucleus (None:
+    the default, ``hetdiff.config.SampleSettings``)."""
     from hetdiff.experts.build import velocity_from_spec
     from hetdiff.experts.diffusers_import import WEIGHTS
     from hetdiff.experts.diffusers_model import is_diffusers_spec
     from hetdiff.experts.store import read_spec
     from hetdiff.models.diffusers_net import DiffusersNet
-    from hetdiff.sampling.ensemble import Ensemble, check_experts_fit
+    from hetdiff.sampling.ensemble import TOP_P, Ensemble, check_experts_fit
 
     entries, velocities = [], []
     for module in experts:
@@ -76,7 +78,8 @@ def ensemble_from_components(
     check_experts_fit(entries, router.spec, Path("router"))
     ensemble = Ensemble(velocities, [spec.cluster_id for _, spec in entries], router.router,
                         router.spec.num_clusters, strategy=strategy, top_k=top_k,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+                        generator=torch.Generator().manual_seed(0),
+                        top_p=TOP_P if top_p is None else top_p)  # fmt: skip
     spec = entries[0][1]
     return ensemble, (spec.channels, spec.resolution, spec.resolution), spec.num_classes, spec
 
@@ -101,6 +104,7 @@ class HetdiffEnsemblePipeline(DiffusionPipeline):
         strategy: str = "full",
         top_k: int = 2,
         device: str = "cpu",
+        top_p: float | None = None,
         **_: Any,
     ) -> HetdiffEnsemblePipeline:
         """Load a tree written by ``hetdiff export`` (a local folder; nothing is downloaded)."""
@@ -108,7 +112,7 @@ class HetdiffEnsemblePipeline(DiffusionPipeline):
         from hetdiff.pipeline.hub import load_exported
 
         tree = Path(pretrained_model_name_or_path)
-        ensemble = load_exported(tree, device, strategy, top_k)
+        ensemble = load_exported(tree, device, strategy, top_k, top_p=top_p)
         spec = list_experts(tree)[0][1]
         shape = (spec.channels, spec.resolution, spec.resolution)
         return cls(ensemble, shape, spec.num_classes, spec)

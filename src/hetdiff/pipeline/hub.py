@@ -130,13 +130,15 @@ def load_exported(
     strategy: str = "full",
     top_k: int = 2,
     seed: int = 0,
+    top_p: float | None = None,
 ) -> Any:
-    """The ensemble of an exported tree (its experts are the diffusers modules themselves)."""
+    """The ensemble of an exported tree (its experts are the diffusers modules themselves);
+    ``top_p`` of nucleus (None: the default, ``hetdiff.config.SampleSettings``)."""
     from hetdiff.experts.diffusers_export import ROUTER_FOLDER
-    from hetdiff.sampling.ensemble import load_ensemble
+    from hetdiff.sampling.ensemble import TOP_P, load_ensemble
 
     tree = Path(tree)
     if not (tree / "model_index.json").is_file():
         raise HetdiffError(f"{tree} has no model_index.json; give a tree from `hetdiff export`")
-    return load_ensemble(tree, tree / ROUTER_FOLDER, device=device, strategy=strategy,
-                         top_k=top_k, seed=seed)  # fmt: skip
+    return load_ensemble(tree, tree / ROUTER_FOLDER, device=device, strategy=strategy, top_k=top_k,
+                         seed=seed, top_p=TOP_P if top_p is None else top_p)  # fmt: skip

@@ -57,8 +57,9 @@ _PLACEMENT_KEYS = ("resources",)  # config keys that say where, not what: change
 # Settings added after run folders already existed. At their default they are left out of the
 # stage keys and the folder check, so a folder written by an earlier hetdiff resumes as it was.
 _ADDED_DEFAULTS = {
-    "experts": {"gradient_checkpointing": False},
+    "experts": {"gradient_checkpointing": False, "min_snr_gamma": None},
     "router": {"arch": "film", "size": "tiny"},
+    "sample": {"top_p": 0.9, "per_class": 8},
 }
 
 
@@ -271,8 +272,10 @@ class Run:
     def stage_sample(self) -> None:
         """``n`` samples per strategy and per expert (``pipeline.samples.draw_samples``), saved as
         ``samples/<name>.safetensors`` with a grid ``samples/<name>.png`` of the first
-        ``sample.n``; text runs also write one grid per prompt."""
+        ``sample.n``, and each strategy's samples by class (``pipeline.class_rows``); text runs
+        also write one grid per prompt."""
         from hetdiff.data.montage import save_grid
+        from hetdiff.pipeline.class_rows import write_class_rows
         from hetdiff.pipeline.samples import draw_samples
         from hetdiff.sampling.files import save_samples
 
@@ -289,6 +292,7 @@ class Run:
             save_samples(self.samples_dir / f"{name}.safetensors", samples)
         if drawn.router_weights is not None:
             atomic_write_json(self.samples_dir / "router_weights.json", drawn.router_weights)
+        write_class_rows(self.samples_dir, drawn.strategies, self.dataset.class_names, s.per_class)
         if self.config.text_encoder is not None:
             shape = (self.dataset.channels, self.config.resolution, self.config.resolution)
             self._sample_prompts(shape)
@@ -305,7 +309,7 @@ class Run:
         strategy = s.strategies[0]
         ens = load_ensemble(
             self.experts_dir, self.router_dir, strategy=strategy, top_k=s.top_k,
-            seed=self.config.seed,
+            seed=self.config.seed, top_p=s.top_p,
         )  # fmt: skip
         encoder = load_text_encoder(self.config.text_encoder)
         seeds = list(range(20_000, 20_000 + s.per_prompt))

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hetdiff.config import SampleSettings
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.spec import ExpertSpec
 
@@ -122,11 +123,12 @@ def sample_command(
     device: str = "cpu",
     nrow: int = 8,
     spacing: str | None = None,
+    top_p: float = SampleSettings.top_p,
 ) -> Path:
     """Sample a grid of images into the PNG ``out`` and return its path.
 
     One expert (``expert``, a checkpoint) or an ensemble (``experts`` folder + ``router``, with
-    ``strategy`` / ``top_k`` / ``allow_missing``). Image i uses seed ``seed + i``. Class models
+    ``strategy`` / ``top_k`` / ``top_p`` / ``allow_missing``). Image i uses seed ``seed + i``. Class models
     sample ``n`` images with ``class_choice`` (a name, an index, "none") or the classes in turn;
     text models sample ``n`` images per prompt (``prompt`` list and/or ``prompts_file``), one
     grid row each. ``native`` uses a DDPM expert's own DDIM sampler (no guidance); ``spacing``
@@ -158,7 +160,7 @@ def sample_command(
 
         velocity = load_ensemble(
             experts, router, device=device, strategy=strategy, top_k=top_k,
-            allow_missing=allow_missing, seed=seed,
+            allow_missing=allow_missing, seed=seed, top_p=top_p,
         )  # fmt: skip
         # load_ensemble checked that the experts share conditioning, text encoder, latent space
         spec = list_experts(experts)[0][1]

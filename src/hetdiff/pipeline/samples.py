@@ -69,7 +69,7 @@ def draw_samples(
         record = strategy == "full"
         ens = load_ensemble(
             experts_dir, router, strategy=strategy, top_k=settings.top_k, seed=seed,
-            record=record, allow_missing=allow_missing,
+            record=record, allow_missing=allow_missing, top_p=settings.top_p,
         )  # fmt: skip
         t0 = time.time()
         images = generate(
@@ -77,7 +77,9 @@ def draw_samples(
             None if captions is not None else labels, settings.cfg, cond=captions,
         )  # fmt: skip
         log(f"sampled {n} images with {strategy} in {time.time() - t0:.1f} s")
-        drawn_strategies[strategy] = SampleSet(images, labels)
+        # nucleus runs a data-dependent number of experts: keep what it ran (its FLOPs)
+        usage = ens.expert_usage() if strategy == "nucleus" else None
+        drawn_strategies[strategy] = SampleSet(images, labels, usage)
         if record and ens.recorded:  # router weights over t of the first 4 samples
             weights = {
                 "t": [float(t[0]) for t, _ in ens.recorded],

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
 from hetdiff.io import atomic_write_text
-from hetdiff.report.record import RunRecord
+from hetdiff.report.record import ClassGrids, RunRecord
 from hetdiff.report.svg import line_chart
 
 STYLE = """
@@ -21,6 +22,11 @@ text-align:right} th{background:#f4f4f4} pre{background:#f7f7f7;padding:.8em;ove
 font-size:.8em;max-height:22em} .grids{display:flex;flex-wrap:wrap;gap:1em}
 .grids figure{margin:0} figcaption{text-align:center;font-size:.9em}
 img.pix{image-rendering:pixelated;width:300px}
+img.row{image-rendering:pixelated;display:block} table.classrows td,table.classrows th{border:0;
+padding:1px 6px 1px 0;text-align:left;font-weight:normal;background:none;white-space:nowrap}
+table.classrows th{font-size:.85em} .count{color:#777} td.none{color:#999;font-size:.8em}
+table.judged td:first-child{white-space:nowrap} .ci{font-size:.8em;color:#777;white-space:nowrap}
+p.verdict{background:#f4f8ff;border-left:4px solid #1f77b4;padding:.5em .8em}
 """
 
 
@@ -88,6 +94,122 @@ def _router_weight_charts(weights: dict[str, Any] | None) -> list[str]:
     return charts
 
 
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk (bytes 16-24, big-endian)."""
+    return struct.unpack(">II", data[16:24])
+
+
+def _class_grids(grids: ClassGrids | None) -> list[str]:
+    """Each strategy's samples by class: a table with the class name beside its row of images.
+    Every row PNG has the same height, drawn at one integer scale (about 40 px a row), so a row
+    of fewer images is shorter, not stretched, and every table row has one height."""
+    if grids is None or not grids.strategies:
+        return []
+    pngs = {
+        row.grid: row.grid.read_bytes()
+        for grid in grids.strategies
+        for row in grid.rows
+        if row.grid is not None and row.grid.is_file()
+    }
+    row_height = _png_size(next(iter(pngs.values())))[1] if pngs else 1
+    scale = max(1, round(40 / row_height))  # integer: crisp pixels
+    first = grids.strategies[0]
+    shown = len(first.rows)
+    parts = [
+        "<h3 id='samples-by-class'>Samples by class</h3>",
+        f"<p class='classes-note'>One row per class: the first {grids.per_class} of each "
+        f"strategy's {first.n} samples drawn for that class (labels are drawn with the data's "
+        "class frequencies, so rows differ in length; in brackets, how many of the samples asked "
+        f"for the class). Showing {shown} of {grids.num_classes} classes"
+        + ("." if shown == grids.num_classes else " (the first ones drawn).")
+        + "</p><div class='grids'>",
+    ]
+    for grid in grids.strategies:
+        name = html.escape(grid.strategy)
+        parts.append(f"<figure class='classes' data-strategy='{name}'><figcaption>ensemble, "
+                     f"strategy <b>{name}</b>, by class</figcaption><table class='classrows'>")  # fmt: skip
+        for row in grid.rows:
+            tr = (f"<tr style='height:{row_height * scale}px'><th scope='row' class='cls'>"
+                  f"{html.escape(row.name)} <span class='count'>({row.count})</span></th>")  # fmt: skip
+            if row.grid is None:
+                parts.append(f"{tr}<td class='none'>none drawn</td></tr>")
+            elif row.grid not in pngs:
+                parts.append(
+                    f"{tr}<td class='none'>missing: {html.escape(row.grid.name)}</td></tr>"
+                )
+            else:
+                data = pngs[row.grid]
+                encoded = base64.b64encode(data).decode()
+                parts.append(f'{tr}<td><img class="row" width="{_png_size(data)[0] * scale}" '
+                             f'alt="{name}: {html.escape(row.name)}" '
+                             f'src="data:image/png;base64,{encoded}"></td></tr>')  # fmt: skip
+        parts.append("</table></figure>")
+    parts.append("</div>")
+    return parts
+
+
+JUDGE_COLUMNS = (
+    ("fd_judge", "FD_judge"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("density", "density"),
+    ("coverage", "coverage"),
+    ("class_accuracy", "class accuracy"),
+    ("fd_judge_own_cluster", "FD_judge own cluster"),
+)
+
+
+def _with_interval(entry: dict[str, Any], key: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, int | float):
+        return "&mdash;"
+    interval = entry.get(f"{key}_ci")
+    if not interval:
+        return _number(value)
+    low, high = (_number(bound) for bound in interval)
+    return f"{_number(value)}<br><span class='ci'>[{low}, {high}]</span>"
+
+
+def _number(value: float) -> str:
+    """3 significant digits, whole numbers from 100 on (1107, not 1.11e+03)."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _judge_table(record: RunRecord) -> list[str]:
+    """The ensemble strategies and each single expert on the judge metrics, each value with its
+    95% interval; nothing when the run measured none."""
+    metrics = record.metrics
+    strategies = metrics.get("strategies", {})
+    experts = metrics.get("experts", {})
+    order = [name for name, _ in record.strategy_grids if name in strategies]
+    order += [name for name in strategies if name not in order]
+    rows = [(f"ensemble, {name}", strategies[name]) for name in order]
+    rows += [(f"expert {entry.get('cluster', name)} alone", entry)
+             for name, entry in sorted(experts.items())]  # fmt: skip
+    if not any("fd_judge" in entry for _, entry in rows):
+        return []
+    head = "".join(f"<th>{label}</th>" for label in ("model", "n", *dict(JUDGE_COLUMNS).values()))
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{_fmt(entry.get('n', ''))}</td>"
+        + "".join(f"<td>{_with_interval(entry, key)}</td>" for key, _ in JUDGE_COLUMNS)
+        + "</tr>"
+        for name, entry in rows
+    )
+    judge = metrics.get("judge", {})
+    return [
+        "<h3>Ensemble against each single expert (judge metrics)</h3>",
+        f"<table class='judged'><tr>{head}</tr>{body}</table>",
+        "<p>Each value with its 95% bootstrap interval. FD_judge: Frechet distance in the feature "
+        f"space of the judge ({html.escape(str(judge.get('features', 'judge')))}, a classifier "
+        "trained on the data's labels) against held-out real images of the whole data; lower is "
+        "better. Precision, recall, density, coverage: k-NN manifolds (Kynk&auml;&auml;nniemi et "
+        "al. 2019, Naeem et al. 2020); higher is better (density near 1 for real data). Class "
+        "accuracy: the fraction of samples the judge classifies as the class they were drawn "
+        "for (an expert alone samples unconditionally, so it has none). FD_judge own cluster: an "
+        "expert against the real images of its own cluster.</p>",
+    ]
+
+
 def write_report(record: RunRecord, path: str | Path) -> Path:
     """Write the report of ``record`` to ``path`` (atomically); returns the path."""
     metrics = record.metrics
@@ -124,6 +246,11 @@ def write_report(record: RunRecord, path: str | Path) -> Path:
         parts.append(f"<figure>{_img(expert.grid, alt=label)}"
                      f"<figcaption>{html.escape(label)}</figcaption></figure>")  # fmt: skip
     parts.append("</div>")
+    if record.verdict is not None:  # right below the grids it judges, above the class rows
+        parts.append(
+            f"<p class='verdict' id='verdict'>{html.escape(record.verdict, quote=False)}</p>"
+        )
+    parts.extend(_class_grids(record.class_grids))
 
     parts.append("<h2>Metrics</h2>")
     rows = [{"model": name, **vals} for name, vals in metrics.get("strategies", {}).items()]
@@ -139,6 +266,7 @@ def write_report(record: RunRecord, path: str | Path) -> Path:
     rows = [{"expert": name, **vals} for name, vals in metrics.get("experts", {}).items()]
     parts.append("<h3>Single experts</h3>")
     parts.append(_table(rows, ["expert", "cluster", "cluster_size", "n", "fid", "fid_own_cluster"]))
+    parts.extend(_judge_table(record))
     parts.append("<h3>Router accuracy per noise level</h3>")
     parts.append(_table(metrics.get("router_by_t", []),
                         ["t_lo", "t_hi", "accuracy", "entropy", "prior_accuracy"]))  # fmt: skip

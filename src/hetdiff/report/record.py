@@ -30,6 +30,36 @@ class PromptRecord:
 
 
 @dataclass(frozen=True)
+class ClassRow:
+    """One class's row of a strategy's samples: the class index and name, how many of the
+    strategy's samples were drawn for it, and the PNG of the first of them (None: none drawn)."""
+
+    label: int
+    name: str
+    count: int
+    grid: Path | None
+
+
+@dataclass(frozen=True)
+class ClassGrid:
+    """A strategy's samples by class: one row per class shown, taken from its ``n`` samples."""
+
+    strategy: str
+    n: int
+    rows: tuple[ClassRow, ...]
+
+
+@dataclass(frozen=True)
+class ClassGrids:
+    """Every strategy's class grid; rows hold at most ``per_class`` images; the data has
+    ``num_classes`` classes (a grid may show fewer rows)."""
+
+    per_class: int
+    num_classes: int
+    strategies: tuple[ClassGrid, ...]
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Everything ``write_report`` shows."""
 
@@ -47,3 +77,5 @@ class RunRecord:
     prompt_strategy: str | None = None
     prompts: tuple[PromptRecord, ...] = field(default_factory=tuple)
     missing_clusters: tuple[int, ...] = ()  # clusters whose expert failed (--allow-missing)
+    class_grids: ClassGrids | None = None  # samples by class (class-labelled runs)
+    verdict: str | None = None  # one line: does the ensemble beat its best expert

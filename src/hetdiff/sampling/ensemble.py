@@ -12,12 +12,16 @@ Strategies:
     top-k   the k largest weights per row, renormalized to sum to 1
     top1    the largest weight per row, weight 1                            (one expert pass)
     sample  one expert per row drawn from Categorical(r), a fresh draw at every evaluation
+    nucleus per row the fewest largest weights summing to >= top_p, renormalized (a data-
+            dependent k; top_p = 1 keeps every expert: it is "full")
 
-top-k, top1 and sample group the batch by chosen expert: each expert runs once per evaluation on
+The selections are pure functions of the weights (``hetdiff.sampling.selection``). top-k, top1,
+sample and nucleus group the batch by chosen expert: each expert runs once per evaluation on
 just its rows (``index_select``; a whole batch for one expert goes through uncopied), and the
 results are scattered back, so top1 costs one expert pass over the batch plus the router.
 ``sample`` draws on the CPU from the ensemble's own seeded ``torch.Generator``, so the draws
-depend on the seed only (not on the device).
+depend on the seed only (not on the device). ``expert_usage`` counts the rows each expert ran
+on: nucleus's cost (its FLOPs) depends on the data, so it is measured.
 """
 
 from __future__ import annotations
@@ -32,10 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from hetdiff.conditioning import Conditioning, as_conditioning
-from hetdiff.config import STRATEGIES
+from hetdiff.config import STRATEGIES, SampleSettings
 from hetdiff.errors import HetdiffError
 from hetdiff.objectives.schedules import check_t_in_range
 from hetdiff.objectives.velocity import VelocityModel, common_t_range
+from hetdiff.sampling.fit import check_experts_fit
+from hetdiff.sampling.selection import nucleus_choice, sample_choice, top_k_choice
+
+TOP_P = SampleSettings.top_p  # nucleus's default top_p (hetdiff.config)
 
 RouterFn = Callable[[Tensor, Tensor, Any], Tensor]
 """router(x (B, C, H, W), t (B,) in [0, 1], cond) -> logits (B, K)."""
@@ -51,6 +59,7 @@ class Ensemble(nn.Module):
         num_clusters: K of the router's partition.
         strategy: one of ``STRATEGIES``.
         top_k: k of "top-k" (1 <= k <= number of experts).
+        top_p: the weight "nucleus" keeps, in (0, 1].
         allow_missing: permit clusters without an expert; the router is renormalized over the
             experts present (a warning says so). Otherwise a missing cluster is an error.
         generator: CPU generator for "sample" (default: seeded with 0).
@@ -70,6 +79,7 @@ class Ensemble(nn.Module):
         allow_missing: bool = False,
         generator: torch.Generator | None = None,
         record: bool = False,
+        top_p: float = TOP_P,
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
@@ -111,12 +121,18 @@ class Ensemble(nn.Module):
             raise HetdiffError(
                 f"top-k needs 1 <= k <= {k_max} (the number of experts), got k={top_k!r}"
             )
+        numeric = isinstance(top_p, int | float) and not isinstance(top_p, bool)
+        if strategy == "nucleus" and not (numeric and 0 < top_p <= 1):
+            raise HetdiffError(f"nucleus needs top_p in (0, 1], got top_p={top_p!r}")
         self.experts = nn.ModuleList(experts)
         self.cluster_ids = ids
         self.router = router
         self.num_clusters = int(num_clusters)
         self.strategy = strategy
         self.top_k = {"top-k": top_k, "top1": 1, "sample": 1}.get(strategy, k_max)
+        self.top_p = float(top_p)
+        self.usage_rows = torch.zeros(k_max, dtype=torch.float64)  # rows each expert ran on
+        self.evaluated_rows = 0  # rows the ensemble evaluated
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.record = record
         self.recorded: list[tuple[Tensor, Tensor]] = []
@@ -140,16 +156,23 @@ class Ensemble(nn.Module):
         return torch.softmax(present.to(torch.promote_types(x.dtype, present.dtype)), dim=1)
 
     def choose(self, weights: Tensor) -> tuple[Tensor, Tensor]:
-        """Per row, the chosen expert columns (B, k) and their weights (B, k) summing to 1."""
+        """Per row, the chosen expert columns (B, m) and their weights (B, m) summing to 1
+        (nucleus pads with column -1, weight 0; ``hetdiff.sampling.selection``)."""
         if self.strategy == "sample":
-            draw = torch.multinomial(weights.detach().cpu().double(), 1, generator=self.generator)
-            choice = draw.to(weights.device)
-            return choice, torch.ones(choice.shape, dtype=weights.dtype, device=weights.device)
-        # a stable sort, not topk: tied weights (an untrained router is uniform) pick the lowest
-        # column on every device (CUDA's topk breaks ties in no documented order)
-        choice = weights.sort(dim=1, descending=True, stable=True).indices[:, : self.top_k]
-        top = weights.gather(1, choice)
-        return choice, top / top.sum(dim=1, keepdim=True)
+            return sample_choice(weights, self.generator)
+        if self.strategy == "nucleus":
+            return nucleus_choice(weights, self.top_p)
+        return top_k_choice(weights, self.top_k)
+
+    def expert_usage(self) -> Tensor:
+        """Mean evaluations of each expert per row per ensemble evaluation since the last
+        ``reset_usage``, (K',) float64 in the column order; its sum is the mean number of
+        experts run (K' for full, 1 for top1 and sample, the mean nucleus size for nucleus)."""
+        return self.usage_rows / max(self.evaluated_rows, 1)
+
+    def reset_usage(self) -> None:
+        self.usage_rows.zero_()
+        self.evaluated_rows = 0
 
     # -- the velocity ------------------------------------------------------------------------
 
@@ -169,7 +192,9 @@ class Ensemble(nn.Module):
         weights = self.weights(x, t, cond).to(x.dtype)  # (B, K')
         if self.record:
             self.recorded.append((t.detach().cpu(), weights.detach().cpu()))
-        if self.strategy == "full":
+        self.evaluated_rows += x.shape[0]
+        if self.strategy == "full" or (self.strategy == "nucleus" and self.top_p >= 1):
+            self.usage_rows += x.shape[0]
             velocity = torch.zeros_like(x)
             for j, expert in enumerate(self.experts):
                 w = weights[:, j].reshape(-1, *([1] * (x.ndim - 1)))
@@ -188,6 +213,7 @@ class Ensemble(nn.Module):
             rows = hit.any(dim=1).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
+            self.usage_rows[j] += rows.numel()
             if single and rows.numel() == x.shape[0]:  # one expert takes every row: no copies
                 return expert(x, t, cond).to(x.dtype)
             sub = None if cond is None else cond.index(rows)
@@ -226,6 +252,7 @@ def load_ensemble(
     allow_missing: bool = False,
     seed: int = 0,
     record: bool = False,
+    top_p: float = TOP_P,
 ) -> Ensemble:
     """Load every expert checkpoint in ``experts_dir`` and the router, check that they fit, and
     build the ensemble.
@@ -233,8 +260,8 @@ def load_ensemble(
     Checks (each a one-line ``HetdiffError``): the directory holds experts; all have the same
     resolution, channels, conditioning, text encoder and latent space, matching the router's;
     experts record the router's partition (fingerprint and K); one expert per cluster
-    (``allow_missing`` renormalizes over the experts present and warns); the strategy exists and
-    top-k has 1 <= k <= experts (see ``check_experts_fit``).
+    (``allow_missing`` renormalizes over the experts present and warns); the strategy exists,
+    top-k has 1 <= k <= experts and nucleus 0 < top_p <= 1 (see ``check_experts_fit``).
     """
     from hetdiff.experts.build import velocity_from_spec
     from hetdiff.experts.router_store import load_router, read_router_spec, router_file
@@ -267,134 +294,5 @@ def load_ensemble(
         allow_missing=allow_missing,
         generator=torch.Generator().manual_seed(seed),
         record=record,
+        top_p=top_p,
     )
-
-
-def expert_conditioning(spec: Any) -> str:
-    """ "text" (cross-attention), "class" (num_classes > 0) or "none" for an ExpertSpec."""
-    if spec.model.get("context_dim") is not None:
-        return "text"
-    return "class" if spec.num_classes else "none"
-
-
-def _label(path: Path) -> str:
-    """How errors name a checkpoint: with its folder when the file name is the standard one
-    (``expert-0/expert.safetensors``, ``router/router.safetensors``)."""
-    standard = path.name in ("expert.safetensors", "router.safetensors")
-    return f"{path.parent.name}/{path.name}" if standard else path.name
-
-
-def check_experts_fit(
-    entries: Sequence[tuple[Path, Any]], router_spec: Any, router_path: Path | None = None
-) -> None:
-    """Raise a one-line HetdiffError unless the (path, ExpertSpec) entries and the router fit:
-    same resolution, channels and conditioning; one text encoder (text experts) and one latent
-    space; the router's partition and conditioning (an unconditional router fits any experts;
-    a text router needs text experts of its encoder, a class router class experts); one expert
-    per cluster. Missing clusters are left to ``Ensemble`` (they depend on allow_missing)."""
-    from hetdiff.models.autoencoder import latent_space_name
-
-    first_path, first = entries[0]
-    first_name = _label(first_path)
-    owner: dict[int, Path] = {}
-    for path, spec in entries:
-        name = _label(path)
-        for field in ("resolution", "channels"):
-            if getattr(spec, field) != getattr(first, field):
-                raise HetdiffError(
-                    f"experts differ in {field}: {name} has {getattr(spec, field)}, "
-                    f"{first_name} has {getattr(first, field)}; use experts of one data set"
-                )
-        kind, classes = expert_conditioning(spec), spec.num_classes
-        if (kind, classes) != (expert_conditioning(first), first.num_classes):
-            raise HetdiffError(
-                f"experts differ in conditioning: {name} is {kind} ({classes} classes), "
-                f"{first_name} is {expert_conditioning(first)} ({first.num_classes} classes); "
-                "an ensemble needs one: retrain the odd expert like the others"
-            )
-        if spec.text_encoder != first.text_encoder:
-            raise HetdiffError(
-                f"experts differ in text encoder: {name} was trained on {spec.text_encoder}, "
-                f"{first_name} on {first.text_encoder}; an ensemble needs one encoder: retrain "
-                f"{name} with --text-encoder {first.text_encoder}"
-            )
-        space = latent_space_name(spec.autoencoder)
-        if space != latent_space_name(first.autoencoder):
-            first_space = latent_space_name(first.autoencoder)
-            fix = "without --autoencoder"
-            if first.autoencoder is not None:
-                fix = f"with --autoencoder {first.autoencoder.get('path')}"
-            raise HetdiffError(
-                f"experts differ in latent space: {name} lives in {space}, {first_name} in "
-                f"{first_space}; an ensemble needs one: retrain {name} {fix}"
-            )
-        if spec.cluster_id is None:
-            raise HetdiffError(
-                f"expert {name} has no cluster_id; train it with --partition and --cluster"
-            )
-        if spec.cluster_id in owner:
-            raise HetdiffError(
-                f"cluster {spec.cluster_id} has more than one expert "
-                f"({_label(owner[spec.cluster_id])} and {name}); keep one expert per cluster"
-            )
-        owner[spec.cluster_id] = path
-        if spec.num_clusters is not None and spec.num_clusters != router_spec.num_clusters:
-            raise HetdiffError(
-                f"expert {name} was trained on a K={spec.num_clusters} partition but the "
-                f"router on K={router_spec.num_clusters}; use a router of the experts' partition"
-            )
-        if spec.partition_fingerprint not in (None, router_spec.partition_fingerprint):
-            raise HetdiffError(
-                f"the router was trained on partition {router_spec.partition_fingerprint} but "
-                f"expert {name} on {spec.partition_fingerprint}; train the router on the "
-                "experts' partition"
-            )
-    for field in ("resolution", "channels"):
-        if getattr(router_spec, field) != getattr(first, field):
-            raise HetdiffError(
-                f"the router's {field} is {getattr(router_spec, field)} but the experts' is "
-                f"{getattr(first, field)}; train the router on the experts' data"
-            )
-    _check_router_conditioning(router_spec, first, first_name, router_path)
-
-
-def _check_router_conditioning(
-    router_spec: Any, expert: Any, expert_name: str, router_path: Path | None
-) -> None:
-    """A conditioned router must read the experts' condition: the same classes, or captions of
-    the same text encoder (one-line errors naming the router, an expert and the fix)."""
-    kind, conditioning = expert_conditioning(expert), router_spec.conditioning
-    if conditioning == "none":
-        return
-    where = "" if router_path is None else f", {_label(router_path)}"
-    experts = f"the experts (e.g. {expert_name})"
-    if conditioning == "text" and kind != "text":
-        raise HetdiffError(
-            f"the router is conditioned on text ({router_spec.text_encoder}{where}) but {experts} "
-            f"are {kind} ({expert.num_classes} classes); retrain the router without "
-            "--text-encoder, or use text experts"
-        )
-    if conditioning == "class" and kind == "text":
-        raise HetdiffError(
-            f"the router is class-conditioned ({router_spec.num_classes} classes{where}) but "
-            f"{experts} are conditioned on text ({expert.text_encoder}); retrain the router "
-            f"with --text-encoder {expert.text_encoder}"
-        )
-    if conditioning == "text":
-        named = router_spec.text_encoder is not None
-        if (named and router_spec.text_encoder != expert.text_encoder) or (
-            router_spec.model.get("context_dim") != expert.model.get("context_dim")
-        ):
-            raise HetdiffError(
-                f"the router reads captions of text encoder {router_spec.text_encoder} "
-                f"({router_spec.model.get('context_dim')}-d{where}) but {experts} were trained "
-                f"on {expert.text_encoder} ({expert.model.get('context_dim')}-d); retrain the "
-                f"router with --text-encoder {expert.text_encoder}"
-            )
-        return
-    if kind != "class" or router_spec.num_classes != expert.num_classes:
-        raise HetdiffError(
-            f"the router is class-conditioned ({router_spec.num_classes} classes{where}) but "
-            f"{experts} are {kind} ({expert.num_classes} classes); use an unconditional router "
-            "or one with the experts' conditioning"
-        )

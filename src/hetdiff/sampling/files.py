@@ -1,5 +1,6 @@
 """Sample sets on disk: ``NAME.safetensors`` holding ``images`` (N, C, H, W) float32 and, when
-the samples were drawn with class labels, ``labels`` (N,) int64. Written atomically."""
+the samples were drawn with class labels, ``labels`` (N,) int64; a strategy whose cost depends
+on the data (nucleus) adds ``expert_usage`` (K,) float64. Written atomically."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class SampleSet:
 
     images: Tensor
     labels: Tensor | None = None
+    # mean evaluations of each expert per sample per step while drawing (Ensemble.expert_usage)
+    expert_usage: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -36,6 +39,8 @@ def save_samples(path: str | Path, samples: SampleSet) -> Path:
     tensors = {"images": samples.images.float().contiguous()}
     if samples.labels is not None:
         tensors["labels"] = samples.labels.contiguous()
+    if samples.expert_usage is not None:
+        tensors["expert_usage"] = samples.expert_usage.double().contiguous()
     path = Path(path)
     atomic_write_bytes(path, safetensors.torch.save(tensors))
     return path
@@ -52,4 +57,4 @@ def load_samples(path: str | Path) -> SampleSet:
         raise HetdiffError(f"samples file {path} is unreadable ({type(err).__name__})") from err
     if "images" not in tensors:
         raise HetdiffError(f"{path} holds no 'images' tensor; it is not a hetdiff sample set")
-    return SampleSet(tensors["images"], tensors.get("labels"))
+    return SampleSet(tensors["images"], tensors.get("labels"), tensors.get("expert_usage"))

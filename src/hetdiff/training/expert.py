@@ -72,8 +72,8 @@ def build_expert_net(
 
 def expert_loss_fn(settings: ExpertSettings) -> LossFn:
     """The training loop's ``loss_fn(net, x0, labels, generator) -> (B,)`` for ``settings``'
-    objective (DDPM on its schedule, or flow matching on a native flow net's velocity at
-    timestep t * 1000)."""
+    objective (DDPM on its schedule, weighted by min-SNR-gamma when ``settings.min_snr_gamma``
+    is set, or flow matching on a native flow net's velocity at timestep t * 1000)."""
     schedule = None if settings.schedule is None else make_schedule(settings.schedule)
     return make_loss_fn(
         settings.objective,
@@ -83,6 +83,7 @@ def expert_loss_fn(settings: ExpertSettings) -> LossFn:
         label_dropout=settings.label_dropout,
         learned_variance=settings.learned_variance,
         wrap=lambda m: FlowVelocity(m, DEFAULT_TIME_SCALE),
+        min_snr_gamma=settings.min_snr_gamma,
     )
 
 
