@@ -18,7 +18,7 @@ OUT    ?= runs/demo
 # The layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
 LINT_IMPORTS := $(VENV)/bin/lint-imports --no-cache --no-logo
 
-.PHONY: setup fashion-mnist demo test test-slow test-daemons test-daemons-install lint contracts bench docs clean
+.PHONY: setup fashion-mnist demo test test-slow test-daemons test-daemons-install lint contracts bench evidence docs clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,11 @@ contracts: setup
 
 # The documentation site, offline, into site/: any warning fails it (mkdocs.yml, docs/; the
 # packages are in the dev and docs extras).
+# The papers' claims retested at small scale (hours on 2 cores; resumable: run it again after an
+# interruption): docs/evidence.md and its plots, models cached in runs/evidence/.
+evidence: setup
+	$(PY) benchmarks/evidence.py
+
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 

@@ -15,6 +15,7 @@ from hetdiff.metrics.judge import (
     holdout_rows,
     judge_cache_path,
     load_judge,
+    train_judge,
 )
 from hetdiff.metrics.judged import fd_interval
 
@@ -106,3 +107,12 @@ def test_unlabeled_data_falls_back_to_efficientnet_features(digits, tmp_path):
     with pytest.raises(HetdiffError, match="no labels"):
         judge.predict(one_class.images[:4])
     assert not (tmp_path / "judges").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20, 39])
+def test_short_judge_trainings_run(digits, steps):
+    """OneCycleLR needs a warm-up of at least two steps (20 steps once crashed with a
+    ZeroDivisionError: 5% of 20 is one step)."""
+    judge = train_judge(digits, steps, 0.25)
+    assert judge.spec is not None and judge.net is not None
+    assert torch.isfinite(judge.probabilities(digits.images[:8])).all()

@@ -219,8 +219,15 @@ def train_judge(
         torch.manual_seed(config.seed)
         net = JudgeNet(dataset.channels, dataset.num_classes, config)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=steps, pct_start=0.05, anneal_strategy="cos"
+    # one cycle, warm-up 5% of the steps and at least 2 (OneCycleLR divides by the warm-up
+    # length minus one); under 3 steps no cycle fits and the rate stays at config.lr
+    warmup = min(0.5, max(0.05, 2.0 / steps))
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, total_steps=steps, pct_start=warmup, anneal_strategy="cos"
+        )
+        if steps >= 3
+        else None
     )
     net.train()
     for _ in tqdm(range(steps), desc="judge", disable=not progress):
@@ -234,7 +241,8 @@ def train_judge(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
     judge = Judge(net, None)
     accuracy = float((judge.predict(images[held]) == labels[held]).double().mean())
     judge.spec = JudgeSpec(
