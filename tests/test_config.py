@@ -38,12 +38,13 @@ def test_defaults():
         "mnist5k+animal-mnist", 16, 0, 2,
     )  # fmt: skip
     assert config.cluster.k == len(config.experts) == 4
-    assert [(e.objective, e.prediction, e.schedule, e.steps) for e in config.experts] == [
-        ("ddpm", "eps", "linear", 600),
-        ("flow", "velocity", None, 600),
-        ("ddpm", "v", "cosine", 600),
-        ("flow", "velocity", None, 600),
+    assert [(e.objective, e.prediction, e.schedule, e.steps, e.lr) for e in config.experts] == [
+        ("ddpm", "v", "linear", 1000, 2e-3),
+        ("flow", "velocity", None, 1000, 2e-3),
+        ("ddpm", "v", "cosine", 1000, 2e-3),
+        ("flow", "velocity", None, 1000, 2e-3),
     ]
+    assert (config.sample.cfg, config.evaluate.fid, config.evaluate.judge) == (3.0, False, True)
     router = config.router
     assert (router.steps, router.batch_size, router.lr, router.hidden) == (600, 128, 2e-3, 32)
     assert (router.resolved_warmup_steps, router.resolved_checkpoint_every) == (50, 300)

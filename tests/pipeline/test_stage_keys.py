@@ -21,14 +21,34 @@ QUICK_KEYS = {"cluster": "ae02b9fe59aaab84", "experts": "e1551413170eaee7",
               "evaluate": "4ae4746fc7e3f972", "report": "9563caa821229fc8"}  # fmt: skip
 
 
+# The default config of c0549bf, written out: the defaults changed since (issue 18: v-prediction
+# DDPM experts of 1000 steps, guidance 3, no Inception FID at n = 128), and a run folder of the
+# old defaults must still resume with its keys.
+OLD_DEFAULT = {
+    "experts": [
+        {"objective": "ddpm", "prediction": "eps", "schedule": "linear", "steps": 600},
+        {"objective": "flow", "steps": 600},
+        {"objective": "ddpm", "prediction": "v", "schedule": "cosine", "steps": 600},
+        {"objective": "flow", "steps": 600},
+    ],
+    "sample": {"cfg": 1.0},
+    "evaluate": {"fid": True},
+}
+
+
+def _config(preset):
+    return load_config(None, preset=preset, overrides=None if preset else OLD_DEFAULT)
+
+
 @pytest.mark.parametrize("preset,keys", [(None, DEFAULT_KEYS), ("quick", QUICK_KEYS)])
 def test_stage_keys_of_earlier_runs_are_kept(tmp_path, preset, keys):
-    run = Run(load_config(None, preset=preset), tmp_path / "run")
+    run = Run(_config(preset), tmp_path / "run")
     assert {stage: run.stage_key(stage) for stage in STAGES} == keys
 
 
 def test_a_changed_new_setting_changes_its_stages_only(tmp_path):
-    run = Run(load_config(None, overrides={"router": {"arch": "transformer"}}), tmp_path / "a")
+    overrides = {**OLD_DEFAULT, "router": {"arch": "transformer"}}
+    run = Run(load_config(None, overrides=overrides), tmp_path / "a")
     changed = {s for s in STAGES if run.stage_key(s) != DEFAULT_KEYS[s]}
     assert changed == {"router", "sample", "evaluate", "report"}
 
@@ -58,8 +78,9 @@ def test_an_earlier_runs_config_passes_the_folder_check(tmp_path):
 def test_min_snr_gamma_and_top_p_key_their_stages_only(tmp_path, section, name, value, stages):
     """Both are dropped from the keys at their defaults (the pinned keys above), and change the
     stages that read them when set (min_snr_gamma on the first expert, a DDPM one)."""
-    config = load_config(None).to_dict()
+    config = _config(None).to_dict()
     entry = config[section][0] if section == "experts" else config[section]
     entry[name] = value
-    run = Run(load_config(None, overrides={section: config[section]}), tmp_path / "run")
+    overrides = {**OLD_DEFAULT, section: config[section]}
+    run = Run(load_config(None, overrides=overrides), tmp_path / "run")
     assert {s for s in STAGES if run.stage_key(s) != DEFAULT_KEYS[s]} == stages

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hetdiff.config import SampleSettings
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.experts.store import list_experts
@@ -52,8 +50,9 @@ def draw_samples(
     with ``per_expert``, from each expert of ``experts_dir`` alone.
 
     The ensemble samples with labels (or captions) of ``n`` rows drawn from ``dataset`` with
-    ``seed`` and guidance ``settings.cfg``; an expert alone samples unconditionally (the null
-    label; a text expert the null caption at guidance 1). Experts are named by the cluster id in
+    ``seed`` and guidance ``settings.cfg``; an expert alone is asked for the same: the same
+    labels and guidance (so the judge's class accuracy and FD compare the ensemble with each
+    expert on one request), a text expert the null caption at guidance 1. Experts are named by the cluster id in
     their spec, not by their file names. ``allow_missing``: clusters without an expert are left
     out, the router renormalized over the experts present.
     """
@@ -94,11 +93,11 @@ def draw_samples(
             continue
         velocity, _ = load_velocity_model(path)
         if text is not None or labels is None:  # text: the null caption, no guidance
-            null, cfg = None, 1.0
-        else:
-            null, cfg = torch.full_like(labels, -1), settings.cfg
+            asked, cfg = None, 1.0
+        else:  # the ensemble's labels and guidance
+            asked, cfg = labels, settings.cfg
         t0 = time.time()
-        images = generate(velocity, shape, seeds, settings.steps, settings.solver, null, cfg)
+        images = generate(velocity, shape, seeds, settings.steps, settings.solver, asked, cfg)
         log(f"sampled {n} images with expert-{cluster} in {time.time() - t0:.1f} s")
-        drawn_experts[cluster] = SampleSet(images, null)
+        drawn_experts[cluster] = SampleSet(images, asked)
     return DrawnSamples(drawn_strategies, drawn_experts, paths, weights)
