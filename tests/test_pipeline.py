@@ -154,7 +154,7 @@ AFTER_EXPERTS = ["sample", "evaluate", "report"]
     "change, rerun",
     [
         ({"workers": 1}, []),
-        ({"evaluate": {"fid": False}}, ["evaluate", "report"]),
+        ({"evaluate": {"fid": True}}, ["evaluate", "report"]),
         ({"evaluate": {"n": 256}}, AFTER_EXPERTS),  # more samples are drawn per model
         ({"sample": {"steps": 8}}, AFTER_EXPERTS),
         ({"router": {"steps": 100}}, ["router", *AFTER_EXPERTS]),

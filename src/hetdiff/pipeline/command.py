@@ -35,7 +35,8 @@ def run_pipeline(
     ``preset`` (``"quick"``: ``hetdiff.config.QUICK``); it is validated completely before the
     first stage starts, so a bad strategy or solver leaves ``out`` untouched. A killed run
     resumes from its finished stages. Prints one summary line per strategy, the verdict line
-    (``hetdiff.metrics.verdict``: does the ensemble beat its best expert) and the report path.
+    (``hetdiff.metrics.verdict``: does the ensemble beat its best expert; where the judge metrics
+    were computed) and the report path.
     ``launcher`` picks where the experts train (``hetdiff.launch``: local, slurm, ray);
     ``allow_missing`` goes on without experts that failed for good (``Run``).
     """
@@ -43,6 +44,8 @@ def run_pipeline(
     metrics = Run(config, out, launcher=launcher, allow_missing=allow_missing).execute()
     for line in strategy_summary(metrics):
         print(line)
-    print(ensemble_verdict(metrics).line)
+    verdict = ensemble_verdict(metrics)
+    if verdict.comparisons:  # nothing to say where the judge metrics are off (--quick)
+        print(verdict.line)
     print(f"report: {out}/report.html")
     return metrics

@@ -50,7 +50,7 @@ def draw_samples(
     with ``per_expert``, from each expert of ``experts_dir`` alone.
 
     The ensemble samples with labels (or captions) of ``n`` rows drawn from ``dataset`` with
-    ``seed`` and guidance ``settings.cfg``; an expert alone is asked for the same: the same
+    ``seed`` and guidance ``settings.cfg`` (1 for an unconditional model); an expert alone is asked for the same: the same
     labels and guidance (so the judge's class accuracy and FD compare the ensemble with each
     expert on one request), a text expert the null caption at guidance 1. Experts are named by the cluster id in
     their spec, not by their file names. ``allow_missing``: clusters without an expert are left
@@ -62,6 +62,8 @@ def draw_samples(
     seeds = list(range(FIRST_SEED, FIRST_SEED + n))
     text = spec.text_encoder
     labels, captions = draw_conditions(dataset, n, seed, text, bool(spec.num_classes))
+    # guidance needs a condition: an unconditional model samples at 1 whatever settings.cfg says
+    guidance = settings.cfg if labels is not None or captions is not None else 1.0
     drawn_strategies: dict[str, SampleSet] = {}
     weights = None
     for strategy in strategies or settings.strategies:
@@ -73,7 +75,7 @@ def draw_samples(
         t0 = time.time()
         images = generate(
             ens, shape, seeds, settings.steps, settings.solver,
-            None if captions is not None else labels, settings.cfg, cond=captions,
+            None if captions is not None else labels, guidance, cond=captions,
         )  # fmt: skip
         log(f"sampled {n} images with {strategy} in {time.time() - t0:.1f} s")
         # nucleus runs a data-dependent number of experts: keep what it ran (its FLOPs)
@@ -95,7 +97,7 @@ def draw_samples(
         if text is not None or labels is None:  # text: the null caption, no guidance
             asked, cfg = None, 1.0
         else:  # the ensemble's labels and guidance
-            asked, cfg = labels, settings.cfg
+            asked, cfg = labels, guidance
         t0 = time.time()
         images = generate(velocity, shape, seeds, settings.steps, settings.solver, asked, cfg)
         log(f"sampled {n} images with expert-{cluster} in {time.time() - t0:.1f} s")

@@ -205,8 +205,11 @@ def _judge_table(record: RunRecord) -> list[str]:
         "better. Precision, recall, density, coverage: k-NN manifolds (Kynk&auml;&auml;nniemi et "
         "al. 2019, Naeem et al. 2020); higher is better (density near 1 for real data). Class "
         "accuracy: the fraction of samples the judge classifies as the class they were drawn "
-        "for (an expert alone samples unconditionally, so it has none). FD_judge own cluster: an "
-        "expert against the real images of its own cluster.</p>",
+        "for (an expert alone is asked for the ensemble's classes, with its guidance; a text "
+        "expert alone samples with the null caption and has none). The intervals are basic "
+        "bootstrap intervals; FD's small-sample bias can put its point value above its "
+        "interval. FD_judge own cluster: an expert against the real images of its own "
+        "cluster.</p>",
     ]
 
 
@@ -240,7 +243,7 @@ def write_report(record: RunRecord, path: str | Path) -> Path:
                      f"<figcaption>ensemble, strategy <b>{html.escape(name)}</b></figcaption></figure>")  # fmt: skip
     parts.append("</div>")
     parts.extend(_prompt_figures(record))
-    parts.append("<h3>Each expert alone (unconditional)</h3><div class='grids'>")
+    parts.append("<h3>Each expert alone (asked for the same classes)</h3><div class='grids'>")
     for expert in record.experts:
         label = f"expert {expert.cluster}: {expert.description}"
         parts.append(f"<figure>{_img(expert.grid, alt=label)}"
