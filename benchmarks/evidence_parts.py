@@ -131,16 +131,21 @@ def part_mixed(lab: Any) -> Section:
         for name in list(mixes)[1:]
         for s in ("top1", "full")
     ]
-    text = (
+    intro = (
         f"{a.model} experts, {steps} steps each (B = {budget}); DDPM experts in their best "
         f"measured setting ({DDPM_BEST['prediction']}-prediction, {DDPM_BEST['schedule']} "
-        "schedule). HDDM's claim: a mix does at least as well as all-flow.\n\n"
-        + table(rows, ["experts", "strategy"])
-        + "\n\n"
-        + "\n".join(claims)
-        + "\n"
+        "schedule). HDDM's claim: a mix does at least as well as all-flow."
     )
-    return Section("Mixed against homogeneous objectives (HDDM)", text)
+    return comparison("Mixed against homogeneous objectives (HDDM)", intro, rows,
+                      ["experts", "strategy"], claims)  # fmt: skip
+
+
+def comparison(
+    title: str, intro: str, rows: list, columns: list[str], claims: list[str]
+) -> Section:
+    """A section comparing arms: the intro, the table of ``rows`` under ``columns``, a claim
+    per line."""
+    return Section(title, f"{intro}\n\n{table(rows, columns)}\n\n" + "\n".join(claims) + "\n")
 
 
 def part_partition(lab: Any) -> Section:
@@ -159,15 +164,12 @@ def part_partition(lab: Any) -> Section:
         f" ({s})."
         for s in ("top1", "full")
     ]
-    text = (
+    intro = (
         f"{a.k} flow experts ({a.model}, {steps} steps each, B = {budget}) on feature "
-        f"clusters ({a.features}) or on a random split, each with its own router.\n\n"
-        + table(rows, ["partition", "strategy"])
-        + "\n\n"
-        + "\n".join(claims)
-        + "\n"
+        f"clusters ({a.features}) or on a random split, each with its own router."
     )
-    return Section("Feature clusters against a random partition", text)
+    return comparison("Feature clusters against a random partition", intro, rows,
+                      ["partition", "strategy"], claims)  # fmt: skip
 
 
 def part_strategies(lab: Any) -> Section:
