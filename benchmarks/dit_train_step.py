@@ -13,10 +13,11 @@ Variants (all in the same paired rounds):
   network in place (``nn.Module.compile``: one graph, state-dict keys unchanged; ``--compile-scope
   blocks``: ``compile_blocks``, each block and the final layer apart), in mode
   ``max-autotune-no-cudagraphs`` by default (inductor may pick its C++ GEMM templates; about 20 s
-  of compilation in the warm-up) and the fused AdamW kernel (``torch.optim.AdamW(fused=True)``). The optimizer is part of the step both
-  sides time, so fusing it counts, but it is our trainer's choice, not the network's: the
-  ``ours fast`` row mixes a network option (compile) and an optimizer option (fused AdamW).
-  Outputs equal the defaults' to float rounding, not bitwise.
+  of compilation in the warm-up) and the fused AdamW kernel (``torch.optim.AdamW(fused=True)``),
+  both through ``hetdiff.training.speed``, as ``train-expert --compile`` does. The optimizer is
+  part of the step both sides time, so fusing it counts, but it is our trainer's choice, not the
+  network's: the ``ours fast`` row mixes a network option (compile) and an optimizer option
+  (fused AdamW). Outputs equal the defaults' to float rounding, not bitwise.
 - ``ours bf16`` / ``theirs bf16`` (``--bf16``): both under ``torch.autocast("cpu", bfloat16)``
   (float32 weights and optimizer; matmuls and attention in bfloat16: AMX where the CPU has it).
   Not float32: the ratio target is for the float32 rows; these show what autocast buys.
@@ -41,9 +42,12 @@ What is compared, and why it is equal work:
   null key), PixArt with ``caption_channels=E, cross_attention_dim=D`` (the same caption MLP and
   cross-attention). Ours attends to L + 1 keys, PixArt to L.
 
-Timing: each variant runs in its own process (``paired_workers``), interleaved in ``--rounds``
-rounds of ``--steps`` timed steps after ``--warmup`` untimed ones (the order alternates each
-round; one process computes at a time). Our variants' processes apply hetdiff's allocator
+Timing: each variant runs in ``--processes`` processes of its own (``paired_workers``; default
+3, because the rate of one process differs from the next one's by up to 1.3x on this machine:
+two runs of the same code gave "ours fast" 1.16x and 1.30x with one process each), interleaved
+in ``--rounds`` rounds of ``--steps`` timed steps after ``--warmup`` untimed ones (every process
+of every variant once per round, the order alternating each round; one process computes at a
+time; a variant's rate in a round counts the steps of all its processes). Our variants' processes apply hetdiff's allocator
 policy (``hetdiff.allocator.retain_freed_memory``: freed activations are reused instead of
 being unmapped and faulted in again each step; the hetdiff command line applies it to itself);
 ``theirs`` runs with the default allocator, as diffusers' users run it, and ``theirs
@@ -84,6 +88,7 @@ from torch import nn
 
 from hetdiff.conditioning import Conditioning
 from hetdiff.models.dit import DiT, DiTConfig, compile_blocks
+from hetdiff.training.speed import compile_network, make_adamw
 from paired_workers import Workers
 
 IN_CHANNELS = 4  # latent-like input, as PixArt
@@ -134,15 +139,16 @@ VARIANTS = {
 
 
 def build_variant(name: str, args: argparse.Namespace) -> nn.Module:
-    """The network of a variant; "ours fast" has its blocks compiled in place."""
+    """The network of a variant; "ours fast" is compiled in place (``--compile-scope model``:
+    ``training.speed.compile_network``, what ``train-expert --compile`` runs)."""
     family = VARIANTS[name][0]
     model = BUILDERS[family](args)
     if name == "ours fast":
-        options = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
         if args.compile_scope == "blocks":
+            options = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
             compile_blocks(model, **options)
         else:  # the whole network, in place (nn.Module.compile): state-dict keys unchanged
-            model.compile(**options)
+            compile_network(model, args.compile_mode)
     return model
 
 
@@ -156,7 +162,8 @@ def make_step(name: str, model: nn.Module, args: argparse.Namespace):
     context = None
     if args.context:
         context = torch.randn(args.batch, args.tokens, args.context, generator=gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
+    # torch's default decay 0.01 as before; fused: the trainer's choice with --compile
+    optimizer = make_adamw(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
 
     if family == "ours":
         cond = Conditioning(context=context) if context is not None else None
@@ -260,6 +267,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="processes per variant: a process's rate varies by up to 1.3x from the next "
+        "one's on this machine, so each round times every process of every variant",
+    )
     parser.add_argument("--context", type=int, default=0, help="text width E; 0 = no text")
     parser.add_argument("--tokens", type=int, default=8, help="text tokens L with --context")
     parser.add_argument("--fast", action="store_true", help="add the 'ours fast' variant")
@@ -307,13 +321,22 @@ def main(argv: list[str] | None = None) -> None:
             f"{flops[family] / 1e9:.3f} GFLOP per image per step (fwd + bwd)"
         )
 
-    workers = Workers({name: (VARIANTS[name][3], timed_steps, (name, argv)) for name in names})
+    copies = range(args.processes)
+    workers = Workers(
+        {
+            f"{name}#{i}": (VARIANTS[name][3], timed_steps, (name, argv))
+            for i in copies
+            for name in names
+        }
+    )
     rates: dict[str, list[float]] = {name: [] for name in names}
     peaks: list[float] = []
     for round_index in range(args.rounds):
         order = names if round_index % 2 == 0 else names[::-1]  # cancel drift
-        for name, seconds in workers.time(order).items():
-            rates[name].append(args.steps * args.batch / seconds)
+        seconds = workers.time(f"{name}#{i}" for i in copies for name in order)
+        for name in names:  # a variant's rate in a round: all its processes' steps together
+            total = sum(seconds[f"{name}#{i}"] for i in copies)
+            rates[name].append(args.processes * args.steps * args.batch / total)
         peaks.append(matmul_rate(args.peak_size))
     workers.close()
 

@@ -37,7 +37,7 @@ def digest(obj: Any) -> str:
 def settings_key(settings: ExpertSettings) -> dict[str, Any]:
     """What identifies a training run: every field but the step count and bookkeeping; fields at
     None are left out (an option added later at its default keeps the key)."""
-    drop = ("steps", "checkpoint_every", "progress")
+    drop = ("steps", "checkpoint_every", "progress", "compile")
     return {k: v for k, v in settings.to_dict().items() if k not in drop and v is not None}
 
 

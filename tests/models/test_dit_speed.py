@@ -11,6 +11,7 @@ from torch import Tensor
 
 from hetdiff.conditioning import Conditioning
 from hetdiff.models.dit import DiT, DiTConfig, compile_blocks
+from hetdiff.models.dit_blocks import gelu_tanh, gelu_tanh_as_sigmoid
 from hetdiff.models.embeddings import PatchEmbed
 
 BASE = dict(input_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2, num_heads=4)
@@ -88,6 +89,25 @@ def test_defaults_give_bitwise_the_previous_outputs_and_gradients(config: DiTCon
     assert grads.keys() == grads_prev.keys()
     for name, grad in grads.items():
         assert torch.equal(grad, grads_prev[name]), name
+
+
+def test_the_sigmoid_form_of_the_tanh_gelu_is_the_same_function() -> None:
+    """0.5 h (1 + tanh u) = h sigmoid(2u): equal in float64 to rounding, and in float32 both
+    forms as close to the float64 value as each other (values and gradients)."""
+    h64 = torch.linspace(-16, 16, 20001, dtype=torch.float64, requires_grad=True)
+    exact = torch.nn.functional.gelu(h64, approximate="tanh")
+    (exact_grad,) = torch.autograd.grad(exact.sum(), h64)
+    sigmoid_form = gelu_tanh_as_sigmoid(h64)
+    (sigmoid_grad,) = torch.autograd.grad(sigmoid_form.sum(), h64)
+    assert (sigmoid_form - exact).abs().max() < 1e-13
+    assert (sigmoid_grad - exact_grad).abs().max() < 1e-13
+    h32 = h64.detach().float().requires_grad_()
+    for form in (gelu_tanh, gelu_tanh_as_sigmoid):  # eager gelu_tanh is aten's kernel
+        value = form(h32)
+        (grad,) = torch.autograd.grad(value.sum(), h32)
+        assert (value.double() - exact).abs().max() < 2e-6 * 16, form.__name__
+        assert (grad.double() - exact_grad).abs().max() < 5e-6, form.__name__  # gradient <= 1.13
+    assert torch.equal(gelu_tanh(h32), torch.nn.functional.gelu(h32, approximate="tanh"))
 
 
 @pytest.mark.slow  # torch.compile of two small blocks: about half a minute on 2 CPU cores

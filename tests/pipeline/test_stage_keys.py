@@ -84,3 +84,25 @@ def test_min_snr_gamma_and_top_p_key_their_stages_only(tmp_path, section, name, 
     overrides = {**OLD_DEFAULT, section: config[section]}
     run = Run(load_config(None, overrides=overrides), tmp_path / "run")
     assert {s for s in STAGES if run.stage_key(s) != DEFAULT_KEYS[s]} == stages
+
+
+@pytest.mark.parametrize("preset,keys", [(None, DEFAULT_KEYS), ("quick", QUICK_KEYS)])
+def test_compile_is_a_speed_setting_outside_every_key(tmp_path, preset, keys):
+    """``experts[*].compile`` (a config file's ``compile: true``) changes no stage key, and a
+    folder written with it off passes the folder check with it on (and back)."""
+    experts = [{**e, "compile": True} for e in _config(preset).to_dict()["experts"]]
+    if preset:  # a preset replaces a file's experts: set them after it
+        on = load_config(None, preset=preset, overrides={"experts": experts})
+    else:
+        path = tmp_path / "run.json"
+        path.write_text(json.dumps({**OLD_DEFAULT, "experts": experts}))
+        on = load_config(path)
+    assert [e.compile for e in on.experts] == [True] * len(experts)
+    run = Run(on, tmp_path / "run")
+    assert {stage: run.stage_key(stage) for stage in STAGES} == keys
+    off = _config(preset)
+    for first, second in [(off, on), (on, off)]:
+        out = tmp_path / f"folder-{first.experts[0].compile}"
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(first.to_dict()))
+        Run(second, out).check_folder()  # no error: the same run

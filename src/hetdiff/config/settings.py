@@ -85,6 +85,9 @@ class ExpertSettings:
     mixed_precision: str = "auto"  # no | bf16 | fp16 | auto
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory
     progress: bool = True
+    # speed only (not in run keys, toggled on resume): torch.compile the network + fused AdamW;
+    # equal to eager to float rounding; the first steps pay the compilation
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

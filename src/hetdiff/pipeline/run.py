@@ -61,11 +61,21 @@ _ADDED_DEFAULTS = {
     "router": {"arch": "film", "size": "tiny"},
     "sample": {"top_p": 0.9, "per_class": 8},
 }
+# Settings that say how fast, not what: left out of the stage keys and the folder check at any
+# value, so turning one on or off keeps every stage (an expert resumes with it toggled).
+_SPEED_FIELDS = {"experts": ("compile",)}
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a ``RunConfig.to_dict()``) without the added settings at their defaults."""
+    """``config`` (a ``RunConfig.to_dict()``) without the added settings at their defaults and
+    without the speed settings."""
     config = json.loads(json.dumps(config))
+    for section, names in _SPEED_FIELDS.items():
+        entries = config.get(section)
+        for entry in entries if isinstance(entries, list) else [entries]:
+            for name in names:
+                if isinstance(entry, dict):
+                    entry.pop(name, None)
     for section, defaults in _ADDED_DEFAULTS.items():
         entries = config.get(section)
         for entry in entries if isinstance(entries, list) else [entries]:

@@ -69,6 +69,7 @@ from hetdiff.training.batches import (
 )
 from hetdiff.training.ema import EMA
 from hetdiff.training.resume import check_resume, data_fingerprint, divergence_message, set_base_lr
+from hetdiff.training.speed import compile_network, load_optimizer_state, make_adamw
 from hetdiff.training.state import KILL_ENV, KILL_POINTS, kill_point  # noqa: F401 (re-exported)
 
 LossFn = Callable[[nn.Module, Tensor, Targets, torch.Generator], Tensor]
@@ -101,6 +102,7 @@ class TrainConfig:
     log_every: int = 10  # steps between JSONL log lines
     seed: int = 0  # seeds data order, loss noise and torch's global RNG
     progress: bool = True  # tqdm bar on the main process
+    compile: bool = False  # torch.compile the network in place + fused AdamW (training.speed)
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every")
@@ -208,12 +210,13 @@ def train(
             "to continue it or choose a new output directory"
         )
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
+    optimizer = make_adamw(model.parameters(), config.lr, config.betas, config.weight_decay,
+                           fused=config.compile, device=device)  # fmt: skip
     scheduler = LambdaLR(optimizer, partial(warmup_factor, warmup_steps=config.warmup_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    if config.compile:  # in place: the EMA, states and checkpoints keep the plain keys
+        compile_network(raw_model)
     ema = EMA(raw_model, config.ema_decay, config.ema_warmup)
     noise = torch.Generator(device=device)
     fingerprint = data_fingerprint(images, labels)
@@ -235,7 +238,7 @@ def train(
                 f"cannot resume: the model differs from the saved one ({first_line})"
             ) from err
         ema.load_state_dict(saved.ema, meta["ema_num_updates"])
-        optimizer.load_state_dict(saved.optimizer)
+        load_optimizer_state(optimizer, saved.optimizer)  # this run's AdamW implementation
         scheduler.load_state_dict(meta["scheduler"])
         if meta["config"]["lr"] != config.lr:  # allowed by check_resume: the new lr from here
             set_base_lr(optimizer, scheduler, config.lr, lr_at(scheduler.last_epoch, config))
