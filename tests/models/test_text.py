@@ -49,6 +49,24 @@ def test_hash_encoder_is_deterministic_masked_and_word_sensitive() -> None:
         a.encode("a cat")
 
 
+def test_the_memory_cache_keeps_the_most_recent_captions_and_stays_bounded() -> None:
+    encoder = HashTextEncoder()
+    encoder.cache_size = 3
+    calls: list[list[str]] = []
+    uncached = encoder._encode_uncached
+    encoder._encode_uncached = lambda texts: calls.append(list(texts)) or uncached(texts)
+    words = [f"a photo of object {i}" for i in range(5)]
+    reference = HashTextEncoder().encode(words)[0]
+    context, _ = encoder.encode(words + words[:1])  # more distinct captions than the bound
+    assert torch.equal(context[:5], reference) and torch.equal(context[5], reference[0])
+    assert list(encoder._cache) == words[2:]  # the 3 most recent, oldest dropped
+    encoder.encode([words[2]])  # a hit: no encoding, and words[2] becomes the most recent
+    encoder.encode([words[0]])  # a miss: encoded again, evicts the least recent (words[3])
+    assert calls[1:] == [[words[0]]]
+    assert list(encoder._cache) == [words[4], words[2], words[0]]
+    assert torch.equal(encoder.encode([words[0]])[0][0], reference[0])
+
+
 def test_cached_embeddings_match_a_fresh_encoding(tmp_path: Path, monkeypatch) -> None:
     bank = caption_bank(HashTextEncoder(), CAPTIONS, tmp_path)
     files = list((tmp_path / "text").glob("*.safetensors"))

@@ -2,7 +2,8 @@
 
 ``encoder.encode(texts) -> (context (B, L, E) float32, mask (B, L) bool)``, True = real token,
 padded to the encoder's fixed ``max_length`` L so that rows never depend on their batch mates.
-Every encoder caches its output per caption string in memory.
+Every encoder caches its output per caption string in memory (the ``cache_size`` most recently
+used captions).
 
 Encoders (``load_text_encoder(name_or_path)``):
 - ``hash``: a tiny deterministic bag-of-words encoder, no dependencies (tests, CPU demos): each
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +62,13 @@ class TextEncoder:
     dim: int
     max_length: int
 
+    # Captions kept in the memory cache, least recently used dropped first: a CLIP-L caption
+    # (77 x 768 float32) is 236 KB, so an unbounded cache over a streamed caption set of millions
+    # would grow without end; 4096 rows hold every caption of a small data set and a few batches.
+    cache_size: int = 4096
+
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
 
     def _encode_uncached(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -71,17 +78,23 @@ class TextEncoder:
         if isinstance(texts, str):
             raise HetdiffError("encode takes a list of strings, got one string; wrap it in [...]")
         texts = [str(t) for t in texts]
-        missing = sorted({t for t in texts if t not in self._cache})
+        found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+        missing = sorted(set(texts) - found.keys())
         for start in range(0, len(missing), 256):
             chunk = missing[start : start + 256]
             context, mask = self._encode_uncached(chunk)
             for i, text in enumerate(chunk):
-                self._cache[text] = (context[i].float().clone(), mask[i].bool().clone())
+                found[text] = (context[i].float().clone(), mask[i].bool().clone())
+        for text, row in found.items():  # most recently used last; drop the oldest beyond size
+            self._cache[text] = row
+            self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         if not texts:
             return torch.zeros(0, self.max_length, self.dim), torch.zeros(
                 0, self.max_length, dtype=torch.bool
             )
-        rows = [self._cache[t] for t in texts]
+        rows = [found[t] for t in texts]
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
