@@ -25,7 +25,8 @@ Resumable: every model is a safetensors checkpoint in ``--cache`` (default ``run
 keyed by its full settings and every evaluation a JSON file beside its samples, all written
 atomically; a killed run started again skips what is finished and resumes training from the
 last checkpoint (``benchmarks/evidence_lab.py``). ``--estimate`` prints the plan and its time
-without running anything; ``--smoke`` runs every part at tiny budgets on 8 px digits into a
+without running anything; ``--report-only`` writes what the cache holds so far (rows not run yet
+read nan) to ``<cache>/evidence-partial.md``; ``--smoke`` runs every part at tiny budgets on 8 px digits into a
 temporary cache (about a minute on one thread; the test in tests/test_benchmarks.py).
 
 Default run (``--model small``, ``--small-model tiny``, budgets 1000-8000 monolith steps, n = 1000
@@ -116,6 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--estimate", action="store_true", help="print the plan and its time; run nothing"
     )
     p.add_argument("--smoke", action="store_true", help="every part at tiny budgets (a test)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write a partial report from the cached evaluations (default --out: "
+        "<cache>/evidence-partial.md); rows not run yet read nan; runs nothing",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         for name, value in SMOKE.items():
@@ -124,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cache = args.cache or tempfile.mkdtemp(prefix="evidence-smoke-")
         args.out = args.out or str(Path(args.cache) / "evidence.md")
     args.cache = args.cache or "runs/evidence"
+    if args.report_only:
+        args.out = args.out or str(Path(args.cache) / "evidence-partial.md")
     args.out = args.out or "docs/evidence.md"
     args.parts = [name.strip() for name in args.parts.split(",") if name.strip()]
     unknown = [name for name in args.parts if name not in PARTS]
@@ -166,6 +175,13 @@ def header(lab: Lab, args: argparse.Namespace, wall: float) -> str:
         "higher precision, recall, coverage and class accuracy. A verdict says one arm beats "
         "another only when their intervals do not overlap.\n"
         f"- Parts in this file: {', '.join(args.parts)}.\n"
+        + (
+            f"- **Partial** (`--report-only`): {lab.progress.planned['eval']} evaluations and "
+            f"{lab.progress.planned['model']} trainings of this plan have not run; their rows "
+            "read nan and the verdicts and plots that use them are not final.\n"
+            if args.report_only
+            else ""
+        )
     )
 
 
@@ -189,8 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.time()
     lab = Lab(args)
-    for name in args.parts:  # the planning pass: count the work, run nothing
-        PARTS[name](lab)
+    planned = [PARTS[name](lab) for name in args.parts]  # the planning pass: runs nothing
+    if args.report_only:  # the planning pass's sections, with the cached evaluations' rows
+        write(args, lab, planned, time.time() - started)
+        return
     lab.begin()
     if args.estimate:
         return

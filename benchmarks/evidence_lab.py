@@ -312,6 +312,8 @@ class Lab:
         flops = a.n * nfe * experts_run * self.forward_flops(model, conditional)
         if self.planning:
             self.plan("sample", flops, path.is_file(), path)
+            if getattr(a, "report_only", False) and path.is_file():  # a partial report's row
+                return json.loads(path.read_text())["metrics"]
             return Pending()
         if path.is_file():
             return json.loads(path.read_text())["metrics"]
@@ -354,9 +356,11 @@ class Lab:
         return metrics
 
     def samples(self, metrics: dict[str, Any]) -> torch.Tensor | None:
-        """The images (n, C, H, W) float32 an evaluation kept; None in the planning pass."""
+        """The images (n, C, H, W) float32 an evaluation kept; None in the planning pass (but
+        for ``--report-only``)."""
         name = metrics.get("samples")
-        if self.planning or not isinstance(name, str):
+        report_only = getattr(self.args, "report_only", False)
+        if (self.planning and not report_only) or not isinstance(name, str):
             return None
         return safetensors.torch.load_file(str(self.cache / "evals" / name))["images"].float()
 

@@ -126,3 +126,11 @@ def test_evidence_smoke_writes_every_part_and_reuses_its_cache(tmp_path):
     )
     # the same numbers, read back from the cache
     assert _table_rows(out.read_text()) == rows
+    # --report-only: the same rows from the cache alone, nothing run, marked partial
+    partial = tmp_path / "partial.md"
+    third = subprocess.run([*cmd[:-1], str(partial), "--report-only"], capture_output=True,
+                           text=True, env=env, timeout=600)  # fmt: skip
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "plan:" not in third.stdout and " trained " not in third.stdout
+    assert _table_rows(partial.read_text()) == rows
+    assert "0 evaluations and 0 trainings of this plan have not run" in partial.read_text()
