@@ -23,7 +23,7 @@ from evidence_models import (
     largest,
     settings,
 )
-from evidence_report import Section, cell, compare, mean_finite, table, verdict
+from evidence_report import Section, cell, compare, is_pending, mean_finite, table, verdict
 from hetdiff.metrics.bootstrap import mean_interval
 from hetdiff.report.svg import line_chart
 
@@ -80,7 +80,9 @@ def flops_notes(model: str, budgets: list[int], curves: dict[str, list[dict]]) -
         f"- **{model}**: from B = {budgets[-2]} to {budgets[-1]} the monolith's FD_judge went "
         f"{cell(mono[-2], 'fd_judge', 2)} -> {cell(mono[-1], 'fd_judge', 2)}: "
         + (
-            "flattened (intervals overlap)."
+            "pending."
+            if is_pending(mono[-1]) or is_pending(mono[-2])
+            else "flattened (intervals overlap)."
             if flat
             else "still improving (intervals "
             "disjoint): larger budgets are needed for the regime DDM's claim is about."

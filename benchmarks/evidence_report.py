@@ -50,7 +50,15 @@ def compare(a: dict[str, Any], b: dict[str, Any], key: str = "fd_judge") -> int:
     return -1 if a_hi < b_lo else 1 if b_hi < a_lo else 0
 
 
+def is_pending(m: dict[str, Any], key: str = "fd_judge") -> bool:
+    """True for a row not evaluated yet (``--report-only``): its value is NaN."""
+    value = m.get(key, math.nan)
+    return isinstance(value, float) and math.isnan(value)
+
+
 def verdict(a_name: str, a: dict, b_name: str, b: dict, key: str = "fd_judge") -> str:
+    if is_pending(a, key) or is_pending(b, key):
+        return f"{a_name} against {b_name} on {key}: pending"
     word = {-1: "beats", 1: "trails", 0: "is not separated from"}[compare(a, b, key)]
     return f"{a_name} {word} {b_name} on {key} ({cell(a, key, 2)} vs {cell(b, key, 2)})"
 
