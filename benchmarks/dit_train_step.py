@@ -42,22 +42,21 @@ What is compared, and why it is equal work:
   null key), PixArt with ``caption_channels=E, cross_attention_dim=D`` (the same caption MLP and
   cross-attention). Ours attends to L + 1 keys, PixArt to L.
 
-Timing: each variant runs in ``--processes`` processes of its own (``paired_workers``; default
-3, because the rate of one process differs from the next one's by up to 1.3x on this machine:
-two runs of the same code gave "ours fast" 1.16x and 1.30x with one process each), interleaved
-in ``--rounds`` rounds of ``--steps`` timed steps after ``--warmup`` untimed ones (every process
-of every variant once per round, the order alternating each round; one process computes at a
-time; a variant's rate in a round counts the steps of all its processes). Our variants' processes apply hetdiff's allocator
-policy (``hetdiff.allocator.retain_freed_memory``: freed activations are reused instead of
-being unmapped and faulted in again each step; the hetdiff command line applies it to itself);
-``theirs`` runs with the default allocator, as diffusers' users run it, and ``theirs
-retained`` with ours, so the table separates what the allocator policy buys from what the
-network code buys (ours / theirs retained). Printed: the
-median and the best images/s of each model over the rounds, and the ratio as the median of
-per-round ratios: the two halves of a round run back to back under the same background load,
-so the paired ratio is robust on a shared machine where absolute rates swing. ``ours`` and ``theirs`` use
-``torch.optim.AdamW`` with its default (for-each) CPU implementation and the same number of
-threads.
+Timing: each variant runs in ``--processes`` processes of its own (``paired_workers``; default 3,
+because the rate of one process differs from the next one's by up to 1.3x on this machine: two runs
+of the same code gave "ours fast" 1.16x and 1.30x with one process each), interleaved in
+``--rounds`` rounds of ``--steps`` timed steps after ``--warmup`` untimed ones (every process of
+every variant once per round, the order alternating each round; one process computes at a time; a
+variant's rate in a round counts the steps of all its processes). Our variants' processes apply
+hetdiff's allocator policy (``hetdiff.allocator.retain_freed_memory``: freed activations are reused
+instead of being unmapped and faulted in again each step; the hetdiff command line applies it to
+itself); ``theirs`` runs with the default allocator, as diffusers' users run it, and ``theirs
+retained`` with ours, so the table separates what the allocator policy buys from what the network
+code buys (ours / theirs retained). Printed: the median and the best images/s of each model over the
+rounds, and the ratio as the median of per-round ratios: the two halves of a round run back to back
+under the same background load, so the paired ratio is robust on a shared machine where absolute
+rates swing. ``ours`` and ``theirs`` use ``torch.optim.AdamW`` with its default (for-each) CPU
+implementation and the same number of threads.
 
 Memory: tracemalloc only sees Python-heap allocations, and torch's CPU tensors are allocated by
 its C++ allocator, so it reports almost nothing. torch.profiler(profile_memory=True) does see
@@ -293,7 +292,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peak-size", type=int, default=1024, help="side of the peak matmul")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
     parser.add_argument("--memory-child", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.processes < 1 or args.rounds < 1:
+        parser.error(f"--processes and --rounds must be >= 1, got {args.processes}, {args.rounds}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,8 +26,9 @@ keyed by its full settings and every evaluation a JSON file beside its samples, 
 atomically; a killed run started again skips what is finished and resumes training from the
 last checkpoint (``benchmarks/evidence_lab.py``). ``--estimate`` prints the plan and its time
 without running anything; ``--report-only`` writes what the cache holds so far (rows not run yet
-read nan) to ``<cache>/evidence-partial.md``; ``--smoke`` runs every part at tiny budgets on 8 px digits into a
-temporary cache (about a minute on one thread; the test in tests/test_benchmarks.py).
+read "pending") to ``<cache>/evidence-partial.md``; ``--smoke`` runs every part at tiny budgets on
+8 px digits into a temporary cache (about a minute on one thread; the test in
+tests/test_benchmarks.py).
 
 Default run (``--model small``, ``--small-model tiny``, budgets 1000-8000 monolith steps, n = 1000
 per row): 97 trainings (1158 TFLOP) and 85 evaluations (382 TFLOP of sampling), estimated at
@@ -121,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--report-only",
         action="store_true",
         help="write a partial report from the cached evaluations (default --out: "
-        "<cache>/evidence-partial.md); rows not run yet read nan; runs nothing",
+        "<cache>/evidence-partial.md); rows not run yet read pending; runs nothing",
     )
     args = p.parse_args(argv)
     if args.smoke:
@@ -179,7 +180,7 @@ def header(lab: Lab, args: argparse.Namespace, wall: float) -> str:
         + (
             f"- **Partial** (`--report-only`): {lab.progress.planned['eval']} evaluations and "
             f"{lab.progress.planned['model']} trainings of this plan have not run; their rows "
-            "read nan and the verdicts and plots that use them are not final.\n"
+            "read pending and the verdicts and plots that use them are not final.\n"
             if args.report_only
             else ""
         )

@@ -66,21 +66,24 @@ _ADDED_DEFAULTS = {
 _SPEED_FIELDS = {"experts": ("compile",)}
 
 
+def _entries(config: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    """The dict entries of ``config[section]`` (one table or a list of them, e.g. experts)."""
+    entries = config.get(section)
+    return [e for e in (entries if isinstance(entries, list) else [entries]) if isinstance(e, dict)]
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` (a ``RunConfig.to_dict()``) without the added settings at their defaults and
     without the speed settings."""
     config = json.loads(json.dumps(config))
     for section, names in _SPEED_FIELDS.items():
-        entries = config.get(section)
-        for entry in entries if isinstance(entries, list) else [entries]:
+        for entry in _entries(config, section):
             for name in names:
-                if isinstance(entry, dict):
-                    entry.pop(name, None)
+                entry.pop(name, None)
     for section, defaults in _ADDED_DEFAULTS.items():
-        entries = config.get(section)
-        for entry in entries if isinstance(entries, list) else [entries]:
+        for entry in _entries(config, section):
             for name, default in defaults.items():
-                if isinstance(entry, dict) and entry.get(name, default) == default:
+                if entry.get(name, default) == default:
                     entry.pop(name, None)
     return config
 

@@ -33,7 +33,6 @@ def train_config_for(settings: Any, dataset_size: int) -> TrainConfig:
     """The loop's TrainConfig from expert-style settings (steps, batch_size, lr, warmup_steps,
     grad_clip, ema_decay, checkpoint_every, seed, mixed_precision, progress, and ``compile``
     where the settings have it); the batch is capped at the data size."""
-    speed = {"compile": settings.compile} if hasattr(settings, "compile") else {}
     return TrainConfig(
         steps=settings.steps,
         batch_size=min(settings.batch_size, dataset_size),
@@ -45,7 +44,7 @@ def train_config_for(settings: Any, dataset_size: int) -> TrainConfig:
         seed=settings.seed,
         mixed_precision=settings.mixed_precision,
         progress=settings.progress,
-        **speed,
+        compile=getattr(settings, "compile", False),
     )
 
 
