@@ -8,8 +8,8 @@ in one JSON (``--json``):
 - ``train``: one training step (forward, MSE, backward, AdamW) of a DiT-XL/2 (latent 32x32x4,
   class-conditional over 1000 classes, batch 32 by default) under bf16 autocast with float32
   weights, as ``hetdiff train-expert --mixed-precision bf16`` runs it; eager and
-  ``hetdiff.models.dit.compile_blocks`` (per block, in place) and ``torch.compile`` of the whole
-  model; diffusers' ``PixArtTransformer2DModel`` at the same width, depth, heads and
+  ``hetdiff.models.dit.compile_blocks`` (per block, in place) and the whole model compiled with
+  the fused AdamW (``hetdiff.training.speed``, what ``train-expert --compile`` runs); diffusers' ``PixArtTransformer2DModel`` at the same width, depth, heads and
   patch (no class path: the label embedding is a table lookup, about nothing) eager beside it.
   Each reports images/s, peak allocated memory (``torch.cuda.max_memory_allocated``) and model
   FLOPs utilization (MFU): the FLOPs of one forward + backward counted by torch's FlopCounterMode,
@@ -22,7 +22,9 @@ in one JSON (``--json``):
   our top-1 ensemble of ``--experts`` DiT-XL/2 experts with the conv router, one of our experts
   alone through the same solver, and a diffusers loop (``PixArtTransformer2DModel`` +
   ``FlowMatchEulerDiscreteScheduler``, guidance combined as diffusers pipelines do) over the
-  same network shape. Ratios ours / diffusers.
+  same network shape. Ratios ours / diffusers. Unless ``--no-compile``, also both of ours with
+  each expert's network behind ``torch.compile`` (torch's default mode; the warm-up, which
+  compiles, is timed apart).
 
 Timing: CUDA events after warm-up steps; each variant is timed ``--rounds`` times and the median
 is printed. Everything runs in this one process on one card.
@@ -58,6 +60,7 @@ from hetdiff.objectives.velocity import FlowVelocity
 from hetdiff.sampling.ensemble import Ensemble
 from hetdiff.sampling.guidance import guided
 from hetdiff.sampling.solvers import solve
+from hetdiff.training.speed import compile_network, make_adamw
 
 GIB = 2**30
 # Dense (no sparsity) bf16 tensor-core peak by the vendors' datasheets, FLOP/s.
@@ -163,14 +166,18 @@ def part_peak(args: argparse.Namespace, device: torch.device, timer: Timer) -> d
 
 
 def train_step(
-    net: torch.nn.Module, args: argparse.Namespace, device: torch.device, pixart: bool = False
+    net: torch.nn.Module,
+    args: argparse.Namespace,
+    device: torch.device,
+    pixart: bool = False,
+    fused: bool = False,
 ) -> Callable[[], None]:
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(args.batch, 4, args.res, args.res, device=device, generator=gen)
     target = torch.randn(x.shape, device=device, generator=gen)
     t = torch.rand(args.batch, device=device, generator=gen) * 999.0
     labels = torch.randint(0, args.classes, (args.batch,), device=device, generator=gen)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    optimizer = make_adamw(net.parameters(), lr=1e-4, fused=fused, device=device)
 
     def forward() -> torch.Tensor:
         if pixart:
@@ -226,13 +233,14 @@ def part_train(args, device, timer, peak) -> dict[str, Any]:
     report("train ours eager", out["ours_eager"])
     compiled = {  # the library's way (per block, in place, checkpoint keys kept), then whole
         "ours_compiled_blocks": lambda: compile_blocks(build_ours(args, device)),
-        "ours_compiled": lambda: torch.compile(build_ours(args, device)),
+        "ours_compiled": lambda: compile_network(build_ours(args, device)),
     }
     for key, make in compiled.items() if args.compile else ():
         del net, step
         begin = time.perf_counter()
         net = make()
-        step = train_step(net, args, device)
+        # "ours_compiled" is `train-expert --compile`: the whole network and the fused AdamW
+        step = train_step(net, args, device, fused=key == "ours_compiled")
         step()
         out[f"{key}_compile_seconds"] = time.perf_counter() - begin
         out[key] = measure_train(step, args, device, timer, flops, peak)
@@ -289,6 +297,7 @@ def part_sample(args, device, timer) -> dict[str, Any]:
         .eval()
     )
     ensemble = Ensemble(experts, list(range(args.experts)), router, args.experts, "top1")
+    out_seconds: dict[str, float] = {}
     cond = Conditioning(class_labels=labels)
 
     def ours(velocity) -> Callable[[], None]:
@@ -322,8 +331,17 @@ def part_sample(args, device, timer) -> dict[str, Any]:
         "ours_single_expert": ours(experts[0]),
         "diffusers_pixart_loop": diffusers_loop,
     }
-    for run in runs.values():
-        run()  # warm-up
+    if args.compile:  # the same experts' weights behind torch.compile wrappers (torch's mode)
+        fast = [FlowVelocity(torch.compile(e.net)) for e in experts]
+        fast_ensemble = Ensemble(fast, list(range(args.experts)), router, args.experts, "top1")
+        runs["ours_top1_ensemble_compiled"] = ours(fast_ensemble)
+        runs["ours_single_expert_compiled"] = ours(fast[0])
+    for name, run in runs.items():
+        begin = time.perf_counter()
+        run()  # warm-up (and compilation: top-1's varying rows per expert recompile once)
+        if name.endswith("_compiled"):
+            run()
+            out_seconds[f"{name}_warmup_seconds"] = time.perf_counter() - begin
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
@@ -334,12 +352,15 @@ def part_sample(args, device, timer) -> dict[str, Any]:
         "cfg": scale,
         "experts": args.experts,
         "model": args.model,
+        **out_seconds,
     }
     for name, values in rates.items():
         out[name] = {"images_per_s": statistics.median(values), "rounds": values}
     base = out["diffusers_pixart_loop"]["images_per_s"]
-    out["ratio_top1_over_diffusers"] = out["ours_top1_ensemble"]["images_per_s"] / base
-    out["ratio_single_over_diffusers"] = out["ours_single_expert"]["images_per_s"] / base
+    for name in runs:
+        if name.startswith("ours_"):
+            short = name.removeprefix("ours_").replace("_ensemble", "").replace("_expert", "")
+            out[f"ratio_{short}_over_diffusers"] = out[name]["images_per_s"] / base
     report("sample", {k: v for k, v in out.items() if k.startswith("ratio")})
     return out
 
