@@ -22,9 +22,10 @@ in one JSON (``--json``):
   our top-1 ensemble of ``--experts`` DiT-XL/2 experts with the conv router, one of our experts
   alone through the same solver, and a diffusers loop (``PixArtTransformer2DModel`` +
   ``FlowMatchEulerDiscreteScheduler``, guidance combined as diffusers pipelines do) over the
-  same network shape. Ratios ours / diffusers. Unless ``--no-compile``, also both of ours with
-  each expert's network behind ``torch.compile`` (torch's default mode; the warm-up, which
-  compiles, is timed apart).
+  same network shape. Ratios ours / diffusers. Unless ``--no-compile``, also both of ours as
+  ``hetdiff sample --compile`` runs them (``hetdiff.sampling.compiled.compile_for_sampling``:
+  each expert's network and the router compiled in place, torch's default mode on CUDA; the
+  warm-up, which compiles, is timed apart).
 
 Timing: CUDA events after warm-up steps; each variant is timed ``--rounds`` times and the median
 is printed. Everything runs in this one process on one card.
@@ -41,6 +42,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -57,6 +59,7 @@ from hetdiff.models.checkpointing import enable_gradient_checkpointing
 from hetdiff.models.dit import DiT, compile_blocks, dit_config
 from hetdiff.models.router import Router, RouterConfig
 from hetdiff.objectives.velocity import FlowVelocity
+from hetdiff.sampling.compiled import compile_for_sampling
 from hetdiff.sampling.ensemble import Ensemble
 from hetdiff.sampling.guidance import guided
 from hetdiff.sampling.solvers import solve
@@ -331,9 +334,11 @@ def part_sample(args, device, timer) -> dict[str, Any]:
         "ours_single_expert": ours(experts[0]),
         "diffusers_pixart_loop": diffusers_loop,
     }
-    if args.compile:  # the same experts' weights behind torch.compile wrappers (torch's mode)
-        fast = [FlowVelocity(torch.compile(e.net)) for e in experts]
-        fast_ensemble = Ensemble(fast, list(range(args.experts)), router, args.experts, "top1")
+    if args.compile:  # `sample --compile`: the same weights, networks and router compiled
+        fast = [FlowVelocity(build_ours(args, device, seed=k).eval()) for k in range(args.experts)]
+        fast_router = copy.deepcopy(router)
+        fast_ensemble = Ensemble(fast, list(range(args.experts)), fast_router, args.experts, "top1")
+        compile_for_sampling(fast_ensemble)
         runs["ours_top1_ensemble_compiled"] = ours(fast_ensemble)
         runs["ours_single_expert_compiled"] = ours(fast[0])
     for name, run in runs.items():

@@ -61,8 +61,9 @@ class Conditioning:
                     f"context_mask must be bool of shape {tuple(context.shape[:2])} (B, L), got "
                     f"{mask.dtype} {tuple(mask.shape)}; use mask.bool() with True = real token"
                 )
-        sizes = {len(t) for t in (labels, context) if t is not None}
-        if len(sizes) > 1:
+        # compared, not hashed into a set: under torch.compile a set of batch sizes would
+        # specialize a dynamic batch size to its value (a recompile for every row count)
+        if labels is not None and context is not None and labels.shape[0] != context.shape[0]:
             raise HetdiffError(
                 f"class_labels has {len(labels)} rows but context has {len(context)}; "
                 "give every condition the same batch size"

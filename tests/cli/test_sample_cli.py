@@ -97,3 +97,18 @@ def test_evaluate_measures_what_nucleus_runs_and_costs_it(registry, tmp_path):
     assert per_forward["experts"] == [per_forward["experts"][0]] * K
     assert flops["nucleus"] == pytest.approx(expected, rel=1e-12)
     assert flops["top1"] < flops["nucleus"] < flops["full"]
+
+
+@pytest.mark.slow  # torch.compile of 3 tiny DiTs and the router: about 40 s at 1 thread (cold)
+def test_sample_compile_draws_the_eager_grid(registry, tmp_path):
+    """``--compile`` compiles the networks (torch builds graphs) and draws the default's grid:
+    pixels equal up to one level of 255 where float rounding moves a value across a step."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    eager = sample_grid(registry, tmp_path / "e.png", "--strategy", "top1")
+    assert counters["stats"]["unique_graphs"] == graphs  # the default compiles nothing
+    compiled = sample_grid(registry, tmp_path / "c.png", "--strategy", "top1", "--compile")
+    assert counters["stats"]["unique_graphs"] > graphs
+    assert eager.std() > 0
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1

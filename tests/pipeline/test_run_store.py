@@ -44,7 +44,16 @@ def test_a_run_rooted_in_s3_lands_there_and_a_rerun_anywhere_skips_it(s3, tmp_pa
                 *(f"experts/expert-{k}/{name}" for k in (0, 1)
                   for name in ("expert.safetensors", "log.jsonl", "stdout.log"))):  # fmt: skip
         assert key in keys, (key, keys)
-    assert not [k for k in keys if "train_state" in k or k.endswith(".tmp") or "/." in k]
+    assert not [k for k in keys if k.endswith(".tmp") or "/." in k or "/slurm/" in k]
+    # each job's last committed training state (the jobs mirror it): its manifest and its files
+    for folder in ("experts/expert-0", "experts/expert-1", "router"):
+        prefix = f"{folder}/train_state"
+        manifest = json.loads(fs.cat_file(f"{BUCKET}/run/{prefix}/latest.json"))
+        named = [f"{prefix}/{manifest['directory']}/{name}" for name in manifest["files"]]
+        assert manifest["step"] == (10 if folder == "router" else 24), manifest
+        assert [k for k in keys if k.startswith(f"{prefix}/")] == sorted(
+            [f"{prefix}/latest.json", *named]
+        ), keys
     work = next((tmp_path / "machine-a" / "runs").iterdir())
     for k in (0, 1):
         key = f"experts/expert-{k}/expert.safetensors"

@@ -4,6 +4,7 @@ retraining, because settings added at their defaults leave every key as it was."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -103,6 +104,26 @@ def test_compile_is_a_speed_setting_outside_every_key(tmp_path, preset, keys):
     off = _config(preset)
     for first, second in [(off, on), (on, off)]:
         out = tmp_path / f"folder-{first.experts[0].compile}"
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(first.to_dict()))
+        Run(second, out).check_folder()  # no error: the same run
+
+
+@pytest.mark.parametrize("preset,keys", [(None, DEFAULT_KEYS), ("quick", QUICK_KEYS)])
+def test_sample_compile_is_a_speed_setting_outside_every_key(tmp_path, preset, keys):
+    """``sample.compile`` (``compile = true`` in a config's ``[sample]``) changes no stage key,
+    and a folder sampled with it off passes the folder check with it on (and back): a rerun with
+    it toggled reuses the samples."""
+    off = _config(preset)
+    sample = {**json.loads(json.dumps(off.to_dict()["sample"])), "compile": True}
+    on = load_config(None, preset=preset,
+                     overrides={**({} if preset else OLD_DEFAULT), "sample": sample})  # fmt: skip
+    assert (off.sample.compile, on.sample.compile) == (False, True)
+    assert on.sample == dataclasses.replace(off.sample, compile=True)
+    run = Run(on, tmp_path / "run")
+    assert {stage: run.stage_key(stage) for stage in STAGES} == keys
+    for first, second in [(off, on), (on, off)]:
+        out = tmp_path / f"folder-{first.sample.compile}"
         out.mkdir()
         (out / "config.json").write_text(json.dumps(first.to_dict()))
         Run(second, out).check_folder()  # no error: the same run

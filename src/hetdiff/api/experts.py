@@ -38,7 +38,9 @@ def _expert_file(path: str | Path) -> Path:
     return path / EXPERT_FILE if path.is_dir() else path
 
 
-def load_expert(path: str | Path, device: torch.device | str = "cpu") -> VelocityModel:
+def load_expert(
+    path: str | Path, device: torch.device | str = "cpu", *, compile: bool = False
+) -> VelocityModel:
     """Load one expert checkpoint as a velocity model in eval mode.
 
     Args:
@@ -47,6 +49,9 @@ def load_expert(path: str | Path, device: torch.device | str = "cpu") -> Velocit
             ``expert.safetensors``: a local path or a store URL (``s3://...``, ``file://...``;
             the file is copied to the cache and verified against its digest when read).
         device: where the network's weights go (default ``"cpu"``).
+        compile: ``torch.compile`` the network in place for inference (off by default): faster
+            sampling once the first call has paid the compilation, velocities equal to the
+            eager ones to float rounding (``hetdiff.sampling.compiled``).
 
     Returns:
         The expert's adapter (flow, or DDPM read through its own schedule), with ``.spec`` (its
@@ -58,6 +63,10 @@ def load_expert(path: str | Path, device: torch.device | str = "cpu") -> Velocit
 
     velocity, spec = load_velocity_model(_expert_file(path), device)
     velocity.spec = spec
+    if compile:
+        from hetdiff.sampling.compiled import compile_for_sampling
+
+        compile_for_sampling(velocity)
     return velocity
 
 
@@ -71,6 +80,7 @@ def load_ensemble(
     allow_missing: bool = False,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    compile: bool = False,
 ) -> Ensemble:
     """Load a registry of experts and their router as one routed ensemble.
 
@@ -93,6 +103,10 @@ def load_ensemble(
             experts present (with a warning).
         seed: seeds the draws of ``"sample"`` (default 0).
         device: where the experts and the router go.
+        compile: ``torch.compile`` each expert's network and the router in place for inference
+            (off by default): faster sampling once the first call has paid the compilation
+            (about 1.2x for DiT-XL/2 experts on an H200), the same images to float rounding
+            (``hetdiff.sampling.compiled``).
 
     Returns:
         An ``Ensemble`` with ``.spec`` (its first expert's ``ExpertSpec``) and ``.t_range``
@@ -120,6 +134,10 @@ def load_ensemble(
         allow_missing=allow_missing, seed=seed, top_p=top_p,
     )  # fmt: skip
     ensemble.spec = list_experts(folder)[0][1]
+    if compile:
+        from hetdiff.sampling.compiled import compile_for_sampling
+
+        compile_for_sampling(ensemble)
     return ensemble
 
 

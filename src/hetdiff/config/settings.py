@@ -181,6 +181,9 @@ class SampleSettings:
     prompts: tuple[str, ...] | None = None
     per_prompt: int = 16  # images in each prompt's grid
     per_class: int = 8  # report: images in each class's row (samples drawn with that label)
+    # speed only (not in run keys): torch.compile each expert's network and the router for
+    # inference; images equal eager ones to float rounding, the first batch pays compilation
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -5,7 +5,9 @@ expert, on its island) call: a finished expert is kept, an expert whose job is s
 running (submitted by an earlier driver) is followed, not resubmitted; the rest get a fresh
 ``expert-k/job.json`` (an ``ExpertJob``) and are submitted, resuming from their last committed
 checkpoint. Experts that fail for good are named; with ``allow_missing`` they are returned
-instead of raised.
+instead of raised. In a run rooted at a URL (``store_url``) each job also mirrors its committed
+training state to ``<url>/experts/expert-k/train_state`` and resumes from there on a machine
+whose work folder lacks it (``ExpertJob.state_url``, ``training.state_mirror``).
 """
 
 from __future__ import annotations
@@ -48,11 +50,15 @@ def expert_submission(
     return ExpertSubmission(k, layout.expert(k) / "job.json", resources, remote_threads)
 
 
-def write_expert_job(config: RunConfig, layout: RunLayout, k: int) -> bool:
+def write_expert_job(
+    config: RunConfig, layout: RunLayout, k: int, store_url: str | None = None
+) -> bool:
     """Write ``expert-k/job.json`` (an ``ExpertJob``: the run's settings for expert k with seed
-    ``seed + k``, 4 checkpoints and the run's conditioning); returns whether it resumes (a
-    committed checkpoint; a partial first one starts over)."""
+    ``seed + k``, 4 checkpoints and the run's conditioning; with ``store_url``, the run's root
+    URL, its ``state_url`` ``<store_url>/experts/expert-k/train_state``); returns whether it
+    resumes from the work folder (a committed checkpoint; a partial first one starts over)."""
     from hetdiff.training.jobs import ExpertJob
+    from hetdiff.training.loop import STATE_DIRNAME
 
     e = config.experts[k]
     folder = layout.expert(k)
@@ -66,9 +72,12 @@ def write_expert_job(config: RunConfig, layout: RunLayout, k: int) -> bool:
         text_encoder=config.text_encoder,
     )
     resume = committed_state(folder)
+    state_url = None
+    if store_url is not None:
+        state_url = f"{store_url}/{folder.relative_to(layout.out).as_posix()}/{STATE_DIRNAME}"
     job = ExpertJob(
         data=config.data, out=str(folder), settings=settings, resolution=config.resolution,
-        partition=str(layout.partition), cluster=k, resume=resume,
+        partition=str(layout.partition), cluster=k, resume=resume, state_url=state_url,
     )  # fmt: skip
     with atomic_path(folder / "job.json") as tmp:
         tmp.write_text(job.to_json())
@@ -82,10 +91,12 @@ def launch_experts(
     indices: Iterable[int],
     allow_missing: bool = False,
     log: Callable[[str], None] = print,
+    store_url: str | None = None,
 ) -> list[int]:
     """Train experts ``indices`` of the run in ``layout`` on the launcher ``launcher_name``
     (module docstring) and wait for them; returns the experts that failed for good (raised as
-    one HetdiffError naming each unless ``allow_missing``)."""
+    one HetdiffError naming each unless ``allow_missing``). ``store_url``: the run's root when
+    it is a URL (each job mirrors its training state under it)."""
     launcher = make_launcher(launcher_name, config.workers)
     threads = threads_per_worker(config.workers)  # the cores this run may use, shared
     followed = []
@@ -97,7 +108,7 @@ def launch_experts(
         if launcher.status(sub) in ACTIVE:
             log(f"expert {k}: its {launcher_name} job is queued or running, following it")
         else:
-            if write_expert_job(config, layout, k):
+            if write_expert_job(config, layout, k, store_url):
                 log(f"expert {k}: resuming from its last checkpoint")
             e = config.experts[k]
             log(f"expert {k}: {e.objective}/{e.prediction} {e.schedule or ''} "

@@ -67,7 +67,8 @@ def launch_expert(
         pipeline.mark("cluster")
     pipeline.push()
     try:
-        launch_experts(config, layout, launcher, [expert], log=_log)
+        store_url = None if store is None else store.url
+        launch_experts(config, layout, launcher, [expert], log=_log, store_url=store_url)
     finally:
         pipeline.push()
     where = f"{store.url}/experts/expert-{expert}" if store else str(layout.expert(expert))

@@ -63,7 +63,7 @@ _ADDED_DEFAULTS = {
 }
 # Settings that say how fast, not what: left out of the stage keys and the folder check at any
 # value, so turning one on or off keeps every stage (an expert resumes with it toggled).
-_SPEED_FIELDS = {"experts": ("compile",)}
+_SPEED_FIELDS = {"experts": ("compile",), "sample": ("compile",)}
 
 
 def _entries(config: dict[str, Any], section: str) -> list[dict[str, Any]]:
@@ -261,7 +261,7 @@ class Run:
 
         self.missing = launch_experts(
             self.config, self.layout, self.launcher, range(len(self.config.experts)),
-            self.allow_missing, log=_log,
+            self.allow_missing, log=_log, store_url=None if self.store is None else self.store.url,
         )  # fmt: skip
 
     def stage_router(self) -> None:
@@ -272,6 +272,13 @@ class Run:
 
         # the run's seed; no progress bar inside `hetdiff run` (as for the experts)
         settings = dataclasses.replace(self.config.router, seed=self.config.seed, progress=False)
+        resume, state_url = _has_committed_state(self.router_dir), None
+        if self.store is not None:  # a URL root: its state mirrored as each expert's is
+            from hetdiff.training.loop import STATE_DIRNAME
+            from hetdiff.training.state_mirror import pull_state
+
+            state_url = f"{self.store.url}/{self.router_dir.relative_to(self.out)}/{STATE_DIRNAME}"
+            resume = pull_state(self.router_dir / STATE_DIRNAME, state_url, log=_log)
         train_router(
             self.dataset,
             Partition.load(str(self.partition_path)),
@@ -279,7 +286,8 @@ class Run:
             settings,
             class_conditional=self.config.class_conditional,
             text_encoder=self.config.text_encoder,
-            resume=_has_committed_state(self.router_dir),
+            resume=resume,
+            state_url=state_url,
         )
 
     def stage_sample(self) -> None:
@@ -324,6 +332,10 @@ class Run:
             self.experts_dir, self.router_dir, strategy=strategy, top_k=s.top_k,
             seed=self.config.seed, top_p=s.top_p,
         )  # fmt: skip
+        if s.compile:
+            from hetdiff.sampling.compiled import compile_for_sampling
+
+            compile_for_sampling(ens)
         encoder = load_text_encoder(self.config.text_encoder)
         seeds = list(range(20_000, 20_000 + s.per_prompt))
         entries = []

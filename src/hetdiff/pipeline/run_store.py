@@ -11,9 +11,16 @@ stage ``RunStore.push`` uploads every file that changed since the last sync, the
 last (a reader that sees a marker finds its outputs), each upload atomic
 (``experts.artifact_store.ArtifactStore``: a temporary key, then one server-side copy).
 
-Never uploaded (``LOCAL_ONLY``): ``train_state/`` (resumable state, rewritten during training)
-and ``slurm/`` (submitit's scripts and pickles). A store without ``config.json`` is a new run:
-a stale work folder for the same URL is cleared first.
+Never pushed or pulled here (``LOCAL_ONLY``): ``train_state/`` and ``slurm/`` (submitit's
+scripts and pickles). The resumable training state has its own protocol, run by the job that
+trains: each expert job (and the router stage) uploads every committed checkpoint to
+``<url>/experts/expert-k/train_state/`` (``<url>/router/train_state/``), files first and the
+manifest last, older checkpoints deleted after, and at its start pulls the store's state when it
+is newer than the work folder's, verified as a local resume is
+(``training.state_mirror``, ``ExpertJob.state_url``). So a job preempted on one machine resumes
+on another from its last checkpoint, and ``pull`` never downloads a training state into a work
+folder for a stage that does not train. A store without ``config.json`` is a new run: a stale
+work folder for the same URL is cleared first.
 """
 
 from __future__ import annotations
@@ -80,6 +87,9 @@ class RunStore:
         listed: dict[str, str] = {}
         for prefix in prefixes:
             listed.update(self.store.versions(prefix))
+        listed = {
+            k: v for k, v in listed.items() if not _local_only(k)
+        }  # train_state: the jobs pull it
         if CONFIG_KEY not in listed and prefixes == ("",) and self.work.exists():
             shutil.rmtree(self.work)  # a new run at this URL: forget a stale work folder
         index = self._index()
@@ -106,7 +116,7 @@ class RunStore:
         keys = []
         for path in self.work.rglob("*"):
             rel = path.relative_to(self.work)
-            if not path.is_file() or any(part in LOCAL_ONLY for part in rel.parts[:-1]):
+            if not path.is_file() or _local_only(rel.as_posix()):
                 continue
             if path.name == INDEX_NAME or path.name.endswith(TEMP_SUFFIX):
                 continue
@@ -136,6 +146,11 @@ class RunStore:
         if pushed:
             log(f"pushed {len(pushed)} files to {self.url}")
         return pushed
+
+
+def _local_only(key: str) -> bool:
+    """Whether ``key`` lies in a ``LOCAL_ONLY`` folder (any level)."""
+    return any(part in LOCAL_ONLY for part in key.split("/")[:-1])
 
 
 @contextlib.contextmanager

@@ -124,6 +124,7 @@ def sample_command(
     nrow: int = 8,
     spacing: str | None = None,
     top_p: float = SampleSettings.top_p,
+    compile: bool = SampleSettings.compile,
 ) -> Path:
     """Sample a grid of images into the PNG ``out`` and return its path.
 
@@ -132,7 +133,9 @@ def sample_command(
     sample ``n`` images with ``class_choice`` (a name, an index, "none") or the classes in turn;
     text models sample ``n`` images per prompt (``prompt`` list and/or ``prompts_file``), one
     grid row each. ``native`` uses a DDPM expert's own DDIM sampler (no guidance); ``spacing``
-    gives it diffusers' DDIMScheduler timestep spacing and step targets.
+    gives it diffusers' DDIMScheduler timestep spacing and step targets. ``compile``: every
+    network (experts, router) compiled for inference (``sampling.compiled``): the same images
+    to float rounding, the first batch pays the compilation.
     """
     from hetdiff.data.montage import save_grid
     from hetdiff.sampling.generate import class_labels_for, generate
@@ -164,6 +167,10 @@ def sample_command(
         )  # fmt: skip
         # load_ensemble checked that the experts share conditioning, text encoder, latent space
         spec = list_experts(experts)[0][1]
+    if compile:
+        from hetdiff.sampling.compiled import compile_for_sampling
+
+        compile_for_sampling(velocity)
     shape = (spec.channels, spec.resolution, spec.resolution)
     prompts, cond = _prompt_conditioning(spec, n, prompt, prompts_file, class_choice, device)
     if prompts:

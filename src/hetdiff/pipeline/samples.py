@@ -16,6 +16,7 @@ from typing import Any
 from hetdiff.config import SampleSettings
 from hetdiff.experts.build import load_velocity_model
 from hetdiff.experts.store import list_experts
+from hetdiff.sampling.compiled import compile_for_sampling
 from hetdiff.sampling.ensemble import load_ensemble
 from hetdiff.sampling.files import SampleSet
 from hetdiff.sampling.generate import draw_conditions, generate
@@ -54,7 +55,8 @@ def draw_samples(
     labels and guidance (so the judge's class accuracy and FD compare the ensemble with each
     expert on one request), a text expert the null caption at guidance 1. Experts are named by the cluster id in
     their spec, not by their file names. ``allow_missing``: clusters without an expert are left
-    out, the router renormalized over the experts present.
+    out, the router renormalized over the experts present. ``settings.compile``: every network
+    compiled for inference (``sampling.compiled``).
     """
     entries = list_experts(experts_dir)
     spec = entries[0][1]
@@ -72,6 +74,8 @@ def draw_samples(
             experts_dir, router, strategy=strategy, top_k=settings.top_k, seed=seed,
             record=record, allow_missing=allow_missing, top_p=settings.top_p,
         )  # fmt: skip
+        if settings.compile:  # speed only: the same images to float rounding
+            compile_for_sampling(ens)
         t0 = time.time()
         images = generate(
             ens, shape, seeds, settings.steps, settings.solver,
@@ -94,6 +98,8 @@ def draw_samples(
         if not per_expert:
             continue
         velocity, _ = load_velocity_model(path)
+        if settings.compile:
+            compile_for_sampling(velocity)
         if text is not None or labels is None:  # text: the null caption, no guidance
             asked, cfg = None, 1.0
         else:  # the ensemble's labels and guidance

@@ -126,6 +126,7 @@ def train_expert(
     autoencoder: dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     allow_lr_change: bool = False,
+    state_url: str | None = None,
 ) -> Path:
     """Train one expert on ``dataset`` (already restricted to its shard); return the checkpoint.
 
@@ -135,6 +136,7 @@ def train_expert(
     loop's label column then carries caption ids, dropped to -1 (null) with ``label_dropout``.
     ``autoencoder`` (a ``KLAutoencoder.to_dict()``) records that ``dataset`` holds its latents.
     ``allow_lr_change`` lets a resume continue with ``settings.lr`` (e.g. after a divergence).
+    ``state_url`` mirrors each committed training state to a store (``training.state_mirror``).
     """
     if len(dataset) == 0:
         raise HetdiffError("the expert's data shard is empty; pick another cluster or dataset")
@@ -174,5 +176,5 @@ def train_expert(
         save_expert(checkpoint, ema_state, spec)
 
     train(net, dataset.images, labels, loss_fn, config, out_dir, on_checkpoint, resume=resume,
-          allow_lr_change=allow_lr_change)  # fmt: skip
+          allow_lr_change=allow_lr_change, state_url=state_url)  # fmt: skip
     return checkpoint

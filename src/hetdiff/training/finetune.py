@@ -94,6 +94,7 @@ def finetune_expert(
     resume: bool = False,
     model: str | None = None,
     allow_lr_change: bool = False,
+    state_url: str | None = None,
 ) -> Path:
     """Train the flow (or converted) expert ``init`` further with the flow loss on ``dataset``.
 
@@ -101,7 +102,8 @@ def finetune_expert(
     architecture fields are ignored: the network is the checkpoint's (``model``, when given,
     must name that architecture). Writes ``out_dir/expert.safetensors`` at every checkpoint
     with the init's spec (objective, schedule, model unchanged), this run's steps, data and
-    cluster, and provenance ``finetuned_from``. Returns the checkpoint path.
+    cluster, and provenance ``finetuned_from``. Returns the checkpoint path. ``state_url``
+    mirrors each committed training state to a store (``training.state_mirror``).
     """
     from hetdiff.training.loop import train
 
@@ -135,5 +137,5 @@ def finetune_expert(
         save_expert(checkpoint, ema_state, out_spec)
 
     train(net, dataset.images, labels, loss_fn, train_config, out_dir, on_checkpoint,
-          resume=resume, allow_lr_change=allow_lr_change)  # fmt: skip
+          resume=resume, allow_lr_change=allow_lr_change, state_url=state_url)  # fmt: skip
     return checkpoint

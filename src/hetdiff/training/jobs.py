@@ -41,6 +41,7 @@ class ExpertJob:
     allow_lr_change: bool = False  # with resume: continue with settings.lr (after a divergence)
     stream: bool = False  # read the shard spec `data` as a stream (hetdiff.training.stream)
     shuffle_buffer: int | None = None  # with stream: buffer samples; None = StreamSettings'
+    state_url: str | None = None  # mirror out/train_state to this store folder (state_mirror)
 
     def __post_init__(self) -> None:
         for name in ("data", "out"):
@@ -55,7 +56,7 @@ class ExpertJob:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise HetdiffError(f"ExpertJob.{name} must be an integer or null, got {value!r}")
-        for name in ("partition", "init", "init_model", "autoencoder", "cache_dir"):
+        for name in ("partition", "init", "init_model", "autoencoder", "cache_dir", "state_url"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise HetdiffError(f"ExpertJob.{name} must be a string or null, got {value!r}")
@@ -75,9 +76,12 @@ class ExpertJob:
             raise HetdiffError("ExpertJob.init_model applies to a job with init; drop it")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``settings`` as ``ExpertSettings.to_dict()``."""
+        """A JSON-ready dict; ``settings`` as ``ExpertSettings.to_dict()``; ``state_url`` only
+        when set (a local job's JSON is what it was before the field existed)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values["settings"] = self.settings.to_dict()
+        if self.state_url is None:
+            del values["state_url"]
         return values
 
     def to_json(self) -> str:
@@ -158,7 +162,18 @@ def run_expert_job(job: ExpertJob) -> Path:
     Prints what trains and on how many images, and the resolved settings as one JSON line, then
     trains from scratch, or fine-tunes ``job.init`` with the flow loss (architecture and
     objective kept). One-line HetdiffErrors for bad data, partitions or checkpoints.
+
+    With ``job.state_url`` the job first brings ``out/train_state`` up to the committed state in
+    the store when that one is newer (``training.state_mirror.pull_state``: the newest committed
+    step wins, a tie keeps the local one), then resumes exactly when a committed state is there
+    (``job.resume`` is decided anew), and uploads every committed state it saves.
     """
+    if job.state_url is not None:
+        from hetdiff.training.loop import STATE_DIRNAME
+        from hetdiff.training.state_mirror import pull_state
+
+        resume = pull_state(Path(job.out) / STATE_DIRNAME, job.state_url)
+        job = dataclasses.replace(job, resume=resume)
     if job.stream:
         from hetdiff.training.stream import run_streamed_job
 
@@ -175,14 +190,15 @@ def run_expert_job(job: ExpertJob) -> Path:
 
         path = finetune_expert(
             job.init, dataset, s, job.out, resume=job.resume, model=job.init_model,
-            allow_lr_change=job.allow_lr_change, **cluster,
+            allow_lr_change=job.allow_lr_change, state_url=job.state_url, **cluster,
         )  # fmt: skip
     else:
         from hetdiff.training.expert import train_expert
 
         path = train_expert(
             dataset, s, job.out, resume=job.resume, autoencoder=autoencoder,
-            cache_dir=job.cache_dir, allow_lr_change=job.allow_lr_change, **cluster,
+            cache_dir=job.cache_dir, allow_lr_change=job.allow_lr_change,
+            state_url=job.state_url, **cluster,
         )  # fmt: skip
     print(f"wrote {path}")
     return path

@@ -71,6 +71,7 @@ from hetdiff.training.ema import EMA
 from hetdiff.training.resume import check_resume, data_fingerprint, divergence_message, set_base_lr
 from hetdiff.training.speed import compile_network, load_optimizer_state, make_adamw
 from hetdiff.training.state import KILL_ENV, KILL_POINTS, kill_point  # noqa: F401 (re-exported)
+from hetdiff.training.state_mirror import commit_and_push
 
 LossFn = Callable[[nn.Module, Tensor, Targets, torch.Generator], Tensor]
 """loss_fn(model, x0 (B, C, H, W), labels, generator) -> per-sample loss (B,).
@@ -164,6 +165,7 @@ def train(
     resume: bool = False,
     accelerator: Accelerator | None = None,
     allow_lr_change: bool = False,
+    state_url: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place to ``config.steps`` optimizer steps; return the EMA weights.
 
@@ -178,6 +180,7 @@ def train(
     step)`` on the main process (the artifact first, then the state: module docstring).
     ``resume=True`` continues bitwise from the last committed state (``allow_lr_change``: with
     ``config.lr`` in place of the saved lr from there on, e.g. after a divergence).
+    ``state_url``: each committed state is also uploaded there (``training.state_mirror``).
     ``out_dir`` must be on a filesystem every process sees. Raises TrainingDivergedError when
     the loss or gradient norm becomes nan/inf (the last good state is kept).
     """
@@ -296,7 +299,7 @@ def train(
         accelerator.wait_for_everyone()
         kill_point("in-state", step, out_dir)
         if is_main:
-            state_io.commit(state_root, step, world)
+            commit_and_push(state_root, step, world, state_url)  # state_url None: commit only
         accelerator.wait_for_everyone()
 
     def write_artifact() -> None:

@@ -135,6 +135,7 @@ def train_router(
     resume: bool = False,
     cache_dir: str | Path | None = None,
     allow_lr_change: bool = False,
+    state_url: str | None = None,
 ) -> Path:
     """Train a router on ``dataset`` against ``partition``'s clusters; return its checkpoint.
 
@@ -151,7 +152,8 @@ def train_router(
     at every checkpoint the EMA weights are written atomically to ``out_dir/router.safetensors``
     with a ``RouterSpec`` (K, partition fingerprint, data, conditioning, steps). ``resume``
     continues ``out_dir/train_state`` and refuses other router settings or another partition
-    (``allow_lr_change``: except another lr, e.g. after a divergence).
+    (``allow_lr_change``: except another lr, e.g. after a divergence). ``state_url`` mirrors
+    each committed training state to a store (``training.state_mirror``).
     """
     partition.check_dataset(dataset)
     bank = caption_ids = None
@@ -218,5 +220,5 @@ def train_router(
     )
     loss_fn = router_loss_fn(config.num_classes, settings.label_dropout, bank)
     train(router, dataset.images, targets, loss_fn, train_config, out_dir, on_checkpoint, resume,
-          allow_lr_change=allow_lr_change)  # fmt: skip
+          allow_lr_change=allow_lr_change, state_url=state_url)  # fmt: skip
     return target

@@ -79,10 +79,12 @@ def train_streamed_expert(
     shuffle_buffer: int = StreamSettings().shuffle_buffer,
     resume: bool = False,
     allow_lr_change: bool = False,
+    state_url: str | None = None,
 ) -> Path:
     """Train one expert from scratch on the shard spec ``spec`` read as a stream (module
     docstring); return ``out_dir/expert.safetensors``. The checkpoint records the stream's
     classes (class-conditional) or the text encoder, the data spec and the stream fingerprint.
+    ``state_url`` mirrors each committed training state to a store (``training.state_mirror``).
     """
     from hetdiff.experts.build import build_expert_spec
     from hetdiff.experts.store import save_expert
@@ -112,7 +114,7 @@ def train_streamed_expert(
 
     config = train_config_for(settings, len(stream))
     train(net, batches, None, loss_fn, config, out_dir, on_checkpoint, resume=resume,
-          allow_lr_change=allow_lr_change)  # fmt: skip
+          allow_lr_change=allow_lr_change, state_url=state_url)  # fmt: skip
     return checkpoint
 
 
@@ -146,7 +148,7 @@ def run_streamed_job(job: Any) -> Path:
     print(json.dumps({"settings": s.to_dict(), "data": job.data, "shuffle_buffer": buffer}))
     path = train_streamed_expert(
         job.data, s, job.out, resolution=job.resolution, shuffle_buffer=buffer,
-        resume=job.resume, allow_lr_change=job.allow_lr_change,
+        resume=job.resume, allow_lr_change=job.allow_lr_change, state_url=job.state_url,
     )  # fmt: skip
     print(f"wrote {path}")
     return path
