@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from hetdiff.conditioning import Conditioning
+from hetdiff.errors import HetdiffError
 from hetdiff.models.dit import DiT, DiTConfig, compile_blocks
 from hetdiff.models.dit_blocks import gelu_tanh, gelu_tanh_as_sigmoid
 from hetdiff.models.embeddings import PatchEmbed
@@ -108,6 +109,27 @@ def test_the_sigmoid_form_of_the_tanh_gelu_is_the_same_function() -> None:
         assert (value.double() - exact).abs().max() < 2e-6 * 16, form.__name__
         assert (grad.double() - exact_grad).abs().max() < 5e-6, form.__name__  # gradient <= 1.13
     assert torch.equal(gelu_tanh(h32), torch.nn.functional.gelu(h32, approximate="tanh"))
+
+
+def test_a_class_conditional_dit_compiles_to_one_graph_and_still_refuses_bad_labels() -> None:
+    # the eager label-range check branched on data: 5 graphs under torch.compile; now asserted
+    # inside the graph. The "eager" backend runs the traced graph without inductor (fast).
+    config = DiTConfig(input_size=8, in_channels=3, hidden_size=32, depth=2, num_heads=2,
+                       num_classes=10)  # fmt: skip
+    model = randomized(config)
+    x, t = torch.randn(4, 3, 8, 8), torch.rand(4) * 1000
+    labels = torch.tensor([0, 9, -1, 3])
+    explained = torch._dynamo.explain(model)(x, t, labels)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, t, labels), model(x, t, labels))  # GELU form differs
+    for bad in (torch.tensor([0, 10, 1, 2]), torch.tensor([0, -2, 1, 2])):
+        with pytest.raises(RuntimeError, match=r"class labels must be in \[0, 10\) or -1"):
+            compiled(x, t, bad)
+        with pytest.raises(HetdiffError, match=r"class labels must be in \[0, 10\)"):
+            model(x, t, bad)  # eager: the one-line error with the labels' range
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow  # torch.compile of two small blocks: about half a minute on 2 CPU cores

@@ -232,7 +232,11 @@ class DiT(nn.Module):
         return timestep
 
     def _class_embedding(self, labels: Tensor | None, batch_size: int) -> Tensor | None:
-        """(B, D) class embedding, or None for an unconditional model. Missing labels = null."""
+        """(B, D) class embedding, or None for an unconditional model. Missing labels = null.
+
+        Labels outside [0, num_classes) and -1 are refused: eagerly a HetdiffError naming their
+        range; under ``torch.compile`` an assert inside the graph (RuntimeError), so a compiled
+        class-conditional network stays one graph instead of breaking at the check."""
         if self.y_embedder is None:
             if labels is not None:
                 raise HetdiffError(
@@ -249,7 +253,11 @@ class DiT(nn.Module):
             raise HetdiffError(
                 f"class_labels must have shape ({batch_size},), got {tuple(labels.shape)}"
             )
-        if labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
+        if torch.compiler.is_compiling():  # asserted in the graph (an `if` on data breaks it)
+            if labels.numel():
+                in_range = (labels.min() >= -1) & (labels.max() < num_classes)
+                torch._assert_async(in_range, f"class labels must be in [0, {num_classes}) or -1")
+        elif labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
             raise HetdiffError(
                 f"class labels must be in [0, {num_classes}) or -1 (null), got range "
                 f"[{int(labels.min())}, {int(labels.max())}]"
