@@ -41,11 +41,14 @@ def forward_faults(mode: str) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_a_network_reuses_its_freed_activations_without_page_faults() -> None:
-    plain, retained = forward_faults("plain"), forward_faults("retain")
+    retained = forward_faults("retain")
     assert retained["retained"] is True and retained["again"] is True
     # the largest activation (16 x 256 tokens x 512 MLP features, float32) is 8 MiB: 2048 pages;
-    # by default the forwards keep mapping fresh pages for activations and faulting them in
-    later_plain, later_retained = sum(plain["faults"][3:]), sum(retained["faults"][3:])
+    # by default the forwards keep mapping fresh pages for activations and faulting them in.
+    # How many varies from process to process (glibc's dynamic mmap threshold: one CI run saw
+    # 4096 faults in 7 forwards, others 40-55k), so the default is the mean of three processes.
+    later_plain = sum(sum(forward_faults("plain")["faults"][3:]) for _ in range(3)) / 3
+    later_retained = sum(retained["faults"][3:])
     assert later_plain >= 4 * 2048
     # retained: after the first forwards the same memory serves every later one
     assert later_retained <= 0.1 * later_plain
