@@ -28,12 +28,13 @@ def expert_states(out: str | Path) -> list[dict[str, Any]]:
     experts are pulled into its work folder first): ``expert`` (k), ``launcher``, ``job_id``,
     ``state`` (``COMPLETED`` when its checkpoint verifies with all its steps; a Slurm job's live
     state; else the last recorded one, or ``NOT SUBMITTED``) and ``step`` (the last committed
-    training step, or None)."""
+    training step, here or, for a URL, in the store's mirrored training state: the later one;
+    or None)."""
     from hetdiff.experts.store import read_spec
     from hetdiff.launch.base import ExpertSubmission
     from hetdiff.pipeline.run_store import open_run_root
     from hetdiff.training.loop import STATE_DIRNAME
-    from hetdiff.training.state import read_manifest
+    from hetdiff.training.state import MANIFEST_NAME, read_manifest
 
     folder, store = open_run_root(out)
     if store is not None:
@@ -54,6 +55,11 @@ def expert_states(out: str | Path) -> list[dict[str, Any]]:
             manifest = read_manifest(folder / STATE_DIRNAME)
         except HetdiffError:
             manifest = None
+        step = None if manifest is None else manifest.get("step")
+        if store is not None:  # an island elsewhere mirrors its state there (state_mirror)
+            key = f"{folder.relative_to(layout.out).as_posix()}/{STATE_DIRNAME}/{MANIFEST_NAME}"
+            step = max((s for s in (step, _store_step(store.store, key)) if s is not None),
+                       default=None)  # fmt: skip
         ckpt = folder / "expert.safetensors"
         try:
             if ckpt.is_file() and read_spec(ckpt).steps == expert.steps:
@@ -66,11 +72,23 @@ def expert_states(out: str | Path) -> list[dict[str, Any]]:
                 "launcher": record.get("launcher"),
                 "job_id": record.get("job_id"),
                 "state": state,
-                "step": None if manifest is None else manifest.get("step"),
+                "step": step,
                 "steps": expert.steps,
             }
         )
     return entries
+
+
+def _store_step(store: Any, key: str) -> int | None:
+    """The step of the training-state manifest at ``key`` in the artifact store ``store``, or
+    None when there is none (or it cannot be read: status never fails on a progress line)."""
+    try:
+        if not store.exists(key):
+            return None
+        step = json.loads(store.get_bytes(key)).get("step")
+    except Exception:  # noqa: BLE001 - a missing or unreadable manifest shows as no step
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def print_status(out: str | Path) -> list[dict[str, Any]]:
