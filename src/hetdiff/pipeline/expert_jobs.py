@@ -58,7 +58,6 @@ def write_expert_job(
     URL, its ``state_url`` ``<store_url>/experts/expert-k/train_state``); returns whether it
     resumes from the work folder (a committed checkpoint; a partial first one starts over)."""
     from hetdiff.training.jobs import ExpertJob
-    from hetdiff.training.loop import STATE_DIRNAME
 
     e = config.experts[k]
     folder = layout.expert(k)
@@ -74,7 +73,7 @@ def write_expert_job(
     resume = committed_state(folder)
     state_url = None
     if store_url is not None:
-        state_url = f"{store_url}/{folder.relative_to(layout.out).as_posix()}/{STATE_DIRNAME}"
+        state_url = f"{store_url}/{layout.state_key(folder)}"
     job = ExpertJob(
         data=config.data, out=str(folder), settings=settings, resolution=config.resolution,
         partition=str(layout.partition), cluster=k, resume=resume, state_url=state_url,

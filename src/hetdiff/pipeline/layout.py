@@ -48,5 +48,12 @@ class RunLayout:
     def report(self) -> Path:
         return self.out / "report.html"
 
+    def state_key(self, folder: Path) -> str:
+        """The store key of the training state of the job working in ``folder`` (an expert's
+        or the router's), relative to the run's root: ``experts/expert-k/train_state``."""
+        from hetdiff.training.loop import STATE_DIRNAME
+
+        return f"{folder.relative_to(self.out).as_posix()}/{STATE_DIRNAME}"
+
     def marker(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage}.json"

@@ -277,7 +277,7 @@ class Run:
             from hetdiff.training.loop import STATE_DIRNAME
             from hetdiff.training.state_mirror import pull_state
 
-            state_url = f"{self.store.url}/{self.router_dir.relative_to(self.out)}/{STATE_DIRNAME}"
+            state_url = f"{self.store.url}/{self.layout.state_key(self.router_dir)}"
             resume = pull_state(self.router_dir / STATE_DIRNAME, state_url, log=_log)
         train_router(
             self.dataset,

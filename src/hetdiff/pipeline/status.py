@@ -57,7 +57,7 @@ def expert_states(out: str | Path) -> list[dict[str, Any]]:
             manifest = None
         step = None if manifest is None else manifest.get("step")
         if store is not None:  # an island elsewhere mirrors its state there (state_mirror)
-            key = f"{folder.relative_to(layout.out).as_posix()}/{STATE_DIRNAME}/{MANIFEST_NAME}"
+            key = f"{layout.state_key(folder)}/{MANIFEST_NAME}"
             step = max((s for s in (step, _store_step(store.store, key)) if s is not None),
                        default=None)  # fmt: skip
         ckpt = folder / "expert.safetensors"
