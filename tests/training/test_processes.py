@@ -1,4 +1,5 @@
-"""The loop across real processes: SIGKILL + resume is bitwise exact; 2-rank DDP stays in sync."""
+"""The loop across real processes: SIGKILL + resume is bitwise exact; 2-rank DDP stays in sync;
+2 ranks on a stream decode half a batch each and train bitwise as 2 ranks on the tensors."""
 
 from __future__ import annotations
 
@@ -119,3 +120,24 @@ def test_two_process_ddp_ranks_hold_identical_weights(toy, tmp_path):
     assert not torch.equal(noise0, noise1)  # each rank draws its own noise
     steps = [json.loads(line)["step"] for line in (tmp_path / "ddp" / "log.jsonl").open()]
     assert steps == list(range(1, 7))  # one writer: the main process
+
+
+def test_two_ranks_on_a_stream_decode_half_each_and_train_as_on_tensors(tmp_path):
+    """The stream yields the in-memory loop's order, so both runs take the same rows on each
+    rank: the weights must be equal bitwise, while each rank decoded only its rows."""
+    streamed = _start(["--out", "s", "--dump", "s", "--steps", "5", "--stream"], tmp_path, True)
+    tensors = _start(["--out", "t", "--dump", "t", "--steps", "5"], tmp_path, True)
+    for process in (streamed, tensors):
+        code, stderr = _finish(process)
+        assert code == 0, stderr
+    for rank in (0, 1):
+        on_stream = _load(tmp_path / f"s-rank{rank}.safetensors")
+        on_tensors = _load(tmp_path / f"t-rank{rank}.safetensors")
+        decoded = on_stream.pop("decoded")
+        assert decoded.numel() == 5 * 16 // 2  # half of every global batch of 16
+        assert on_stream.keys() == on_tensors.keys()
+        for key in on_tensors:
+            assert torch.equal(on_stream[key], on_tensors[key]), (rank, key)
+    rank0 = set(_load(tmp_path / "s-rank0.safetensors")["decoded"].tolist()[:8])
+    rank1 = set(_load(tmp_path / "s-rank1.safetensors")["decoded"].tolist()[:8])
+    assert not rank0 & rank1 and len(rank0 | rank1) == 16  # step 1: the 16 rows, split

@@ -1,6 +1,7 @@
 """``StreamBatches``: the loop's batches from a shard stream carry the expert's targets: class
 ids equal to the in-memory labels, or the batch's own shard captions in a per-batch caption
-bank; an in-memory text expert on shards embeds the shards' captions too."""
+bank; an in-memory text expert on shards embeds the shards' captions too. A rank decodes and
+embeds only the rows it keeps of each global batch."""
 
 from __future__ import annotations
 
@@ -51,6 +52,29 @@ def test_caption_batches_carry_the_shards_captions(spec) -> None:
         assert batches.bank.texts == tuple(captions[key] for key in batches.keys)
         context, mask = load_text_encoder("hash").encode(list(batches.bank.texts))
         assert torch.equal(batches.bank.context, context) and torch.equal(batches.bank.mask, mask)
+
+
+@pytest.mark.parametrize("targets", ["class", "caption"])
+def test_kept_rows_equal_the_whole_batch_rows_and_only_they_are_decoded(spec, targets) -> None:
+    encoder = load_text_encoder("hash") if targets == "caption" else None
+    whole = StreamBatches(ShardStream(spec, buffer_size=8), targets, encoder)
+    kept = StreamBatches(ShardStream(spec, buffer_size=8), targets, encoder)
+    decoded: list[str] = []
+    decode = kept.stream.decode
+    kept.stream.decode = lambda sample: decoded.append(sample.key) or decode(sample)
+    keep = [5, 1, 3, 7]
+    for _ in range(3):  # 3 x 8 samples: both streams advance by the whole batch
+        images, target = whole.next_batch(8)
+        some_images, some_target = kept.next_batch(8, keep)
+        assert torch.equal(some_images, images[keep])
+        assert kept.keys == [whole.keys[row] for row in keep] == decoded[-4:]
+        if targets == "class":
+            assert torch.equal(some_target, target[keep])
+        else:  # the bank holds the kept rows' captions, ids 0..3 into it
+            assert torch.equal(some_target, torch.arange(4))
+            assert kept.bank.texts == tuple(whole.bank.texts[row] for row in keep)
+            assert torch.equal(kept.bank.context, whole.bank.context[keep])
+    assert len(decoded) == 12  # 4 of every 8
 
 
 def test_class_batches_carry_the_in_memory_labels(spec) -> None:

@@ -3,6 +3,8 @@
 Run as a script (plain python or under torchrun) it trains the toy model and dumps the final
 model weights, EMA weights and optimizer state of its rank into ``--dump``-rank{r}.safetensors.
 ``--kill-at-step k`` sends SIGKILL to itself inside the loss of optimizer step k (mid-step).
+``--stream`` feeds the same data as a ``BatchStream`` (``ToyStream``) and dumps the sample
+indices the rank decoded as ``decoded``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from hetdiff.training.batches import epoch_permutation
 from hetdiff.training.loop import TrainConfig, train
 from hetdiff.training.state import flatten_tree
 
@@ -51,6 +54,36 @@ def flow_loss(model: nn.Module, x0: Tensor, labels: Tensor | None, generator: to
     return (model(x_t, t) - (eps - x0)).pow(2).mean(dim=(1, 2, 3))
 
 
+class ToyStream:
+    """A ``BatchStream`` over (images, labels) in the in-memory loop's order: epoch e visits
+    ``epoch_permutation(N, seed, e)`` and drops the tail, so a run on it takes the rows a run on
+    the tensors takes. ``decoded`` lists the sample indices it returned ("decoded")."""
+
+    def __init__(self, images: Tensor, labels: Tensor | None, seed: int) -> None:
+        self.images, self.labels, self.seed = images, labels, seed
+        self.fingerprint = "toy-stream"
+        self.epoch, self.position, self.decoded = 0, 0, []
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def next_batch(self, size, keep=None):
+        if self.position + size > len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        order = epoch_permutation(len(self), self.seed, self.epoch)
+        rows = order[self.position : self.position + size]
+        self.position += size
+        rows = rows if keep is None else rows[torch.as_tensor(keep)]
+        self.decoded += rows.tolist()
+        return self.images[rows], None if self.labels is None else self.labels[rows]
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
 def make_model(seed: int = 0, dropout: float = 0.1) -> ToyNet:
     torch.manual_seed(seed)
     return ToyNet(dropout)
@@ -73,8 +106,14 @@ def base_config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def dump_state(path: Path, model: nn.Module, ema_state: dict[str, Tensor], optimizer_state) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+def dump_state(
+    path: Path,
+    model: nn.Module,
+    ema_state: dict[str, Tensor],
+    optimizer_state,
+    extra: dict[str, Tensor] | None = None,
+) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | (extra or {})
     tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
     tensors.update(flatten_tree(optimizer_state, "opt")[1])
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
@@ -88,6 +127,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-at-step", type=int, default=0)
+    parser.add_argument("--stream", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -110,15 +150,20 @@ def main(argv: list[str]) -> None:
     torch.optim.AdamW = CapturingAdamW
     model = make_model()
     images, labels = toy_data()
+    config = base_config(steps=args.steps)
+    data = ToyStream(images, labels, config.seed) if args.stream else images
     result = train(
-        model, images, labels, loss_fn, base_config(steps=args.steps), args.out, resume=args.resume
-    )
+        model, data, None if args.stream else labels, loss_fn, config, args.out,
+        resume=args.resume,
+    )  # fmt: skip
     rank = int(os.environ.get("RANK", "0"))
+    extra = {"decoded": torch.tensor(data.decoded)} if args.stream else {}
     dump_state(
         Path(f"{args.dump}-rank{rank}.safetensors"),
         model,
         result.ema_state,
         captured["opt"].state_dict(),
+        extra,
     )
 
 

@@ -12,7 +12,9 @@ batch_size / grad_accum.
 
 Streamed data (``BatchStream``, e.g. ``hetdiff.training.stream.StreamBatches`` over shards)
 replaces the permutation: each optimizer step asks the stream for its next global batch and
-splits it the same way; the stream's position is part of the saved training state.
+splits it the same way; the stream's position is part of the saved training state. Every rank
+reads the same samples, but a rank decodes only the rows it trains on (``next_stream_batch``):
+with ``world`` ranks each decodes 1/world of the global batch, not all of it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -38,7 +40,10 @@ class BatchStream(Protocol):
     """Training data read as a stream instead of an (N, C, H, W) tensor.
 
     ``next_batch(B)`` gives the next global batch: images (B, C, H, W) float and its targets
-    (None, (B,) int64 or a tuple of them); ``state_dict()`` / ``load_state_dict()`` save and
+    (None, (B,) int64 or a tuple of them). ``next_batch(B, keep)`` advances the stream by the
+    same B samples but returns only rows ``keep`` (indices into the global batch, in that
+    order): (len(keep), C, H, W) images and their targets, so a rank decodes only what it
+    trains on. ``state_dict()`` / ``load_state_dict()`` save and
     restore the position as JSON-ready values, so a resumed run gets the same batches;
     ``fingerprint`` names the data (a resume refuses another); ``len()`` is the sample count.
     """
@@ -47,7 +52,9 @@ class BatchStream(Protocol):
 
     def __len__(self) -> int: ...
 
-    def next_batch(self, size: int) -> tuple[Tensor, Targets]: ...
+    def next_batch(
+        self, size: int, keep: Sequence[int] | None = None
+    ) -> tuple[Tensor, Targets]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -126,6 +133,41 @@ def _check_split(n: int, batch_size: int, grad_accum: int, world: int) -> None:
         )
     if n < batch_size:
         raise HetdiffError(f"the data has {n} images, fewer than batch_size {batch_size}")
+
+
+def rank_rows(batch_size: int, grad_accum: int, world: int, rank: int) -> Tensor:
+    """The rows of a global batch of ``batch_size`` that rank ``rank`` of ``world`` trains on,
+    in micro-step order: ``cat_j arange(B)[j*m:(j+1)*m][rank::world]``, m = B / grad_accum;
+    (B / world,) int64."""
+    micro = batch_size // grad_accum
+    block = torch.arange(batch_size)
+    return torch.cat([block[j * micro : (j + 1) * micro][rank::world] for j in range(grad_accum)])
+
+
+def next_stream_batch(
+    stream: BatchStream, batch_size: int, grad_accum: int, world: int, rank: int
+) -> tuple[Tensor, Targets, Tensor]:
+    """The stream's next global batch as this rank needs it: (images, targets, block).
+
+    One process (``world`` 1) gets the whole batch and ``block = arange(B)``. With more ranks
+    the stream decodes only ``rank_rows`` (B / world rows) and ``block`` (B,) maps each global
+    row to its row in those images (-1 where another rank trains), so ``accumulate_gradients``'
+    ``block[j*m:(j+1)*m][rank::world]`` picks exactly this rank's rows, as it would from the
+    whole batch: the same training, 1/world of the decoding.
+    """
+    if world == 1:
+        images, targets = stream.next_batch(batch_size)
+        return images, targets, torch.arange(batch_size)
+    keep = rank_rows(batch_size, grad_accum, world, rank)
+    images, targets = stream.next_batch(batch_size, keep.tolist())
+    if images.shape[0] != keep.numel():
+        raise HetdiffError(
+            f"the stream returned {images.shape[0]} rows for the {keep.numel()} kept rows of a "
+            f"batch of {batch_size}; BatchStream.next_batch must honour keep"
+        )
+    block = torch.full((batch_size,), -1, dtype=torch.int64)
+    block[keep] = torch.arange(keep.numel())
+    return images, targets, block
 
 
 def accumulate_gradients(

@@ -17,9 +17,8 @@ the loss comes from ``generator``, seeded by (seed, rank) on the training device
 torch's global CPU/CUDA RNG states. A resumed run therefore continues bitwise like one that was
 never stopped (same process count, same hardware); ``hetdiff.training.resume`` refuses a resume
 with other math, precision, process count or data (a fingerprint of images and every column).
-Streamed data (a ``BatchStream``) replaces the permutation and saves its own position in the
-state. Epochs and micro-batches: ``hetdiff.training.batches``; the state on disk:
-``hetdiff.training.state``.
+Streamed data (a ``BatchStream``) replaces the permutation, saves its own position in the
+state and decodes only each rank's rows. Epochs, micro-batches: ``hetdiff.training.batches``.
 
 Commit protocol. At every checkpoint the artifact (``on_checkpoint``: expert.safetensors,
 router.safetensors, the student) is written first, then the resumable state is committed
@@ -63,6 +62,7 @@ from hetdiff.training.batches import (
     derive_seed,
     epoch_permutation,
     lr_at,
+    next_stream_batch,
     prepare_accelerator,
     resolve_mixed_precision,  # noqa: F401 (re-exported)
     warmup_factor,
@@ -329,8 +329,9 @@ def train(
         while step < config.steps:
             step_images, step_labels = images, labels
             if stream is not None:  # the stream owns the order (hetdiff.data.shard_stream)
-                step_images, step_labels = stream.next_batch(config.batch_size)
-                block = torch.arange(config.batch_size)
+                step_images, step_labels, block = next_stream_batch(
+                    stream, config.batch_size, config.grad_accum, world, rank
+                )
             else:
                 if position + config.batch_size > num_items:
                     epoch, position = epoch + 1, 0

@@ -9,12 +9,15 @@ saves the stream's position (shard, member offset, shuffle buffer keys, generato
 each training state, so a killed expert resumes at the same sample, bitwise.
 
 Every process of a multi-process run reads the same stream and takes its rows of each global
-batch, as with in-memory data. Memory holds the shuffle buffer (encoded samples) and one batch.
+batch, as with in-memory data, but decodes (and embeds the captions of) only those rows: each
+of w ranks decodes 1/w of the batch. Memory holds the shuffle buffer (encoded samples) and one
+batch.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,16 @@ class StreamBatches:
     def __len__(self) -> int:
         return len(self.stream)
 
-    def next_batch(self, size: int) -> tuple[Tensor, Targets]:
-        """(images (B, C, S, S) float32 in [-1, 1], targets (B,) int64 or None)."""
+    def next_batch(self, size: int, keep: Sequence[int] | None = None) -> tuple[Tensor, Targets]:
+        """The next ``size`` samples: (images (R, C, S, S) float32 in [-1, 1], targets (R,) int64
+        or None), R = size, or only rows ``keep`` of them (R = len(keep), in that order): the
+        stream advances by ``size`` either way, and only the kept samples are decoded."""
         from hetdiff.models.text import CaptionBank
 
-        items = self.stream.take(size)
+        samples = [self.stream.next_sample() for _ in range(size)]
+        if keep is not None:
+            samples = [samples[row] for row in keep]
+        items = [self.stream.decode(sample) for sample in samples]
         self.keys = [item.key for item in items]
         images = torch.stack([item.image for item in items])
         if self.targets == "class":
@@ -61,7 +69,7 @@ class StreamBatches:
             texts = tuple(item.caption for item in items)
             context, mask = self.text_encoder.encode(list(texts))
             self.bank = CaptionBank(texts, context, mask, self.text_encoder.name)
-            return images, torch.arange(size, dtype=torch.int64)
+            return images, torch.arange(len(items), dtype=torch.int64)
         return images, None
 
     def state_dict(self) -> dict[str, Any]:
