@@ -1,10 +1,12 @@
 """``StreamBatches``: the loop's batches from a shard stream carry the expert's targets: class
 ids equal to the in-memory labels, or the batch's own shard captions in a per-batch caption
 bank; an in-memory text expert on shards embeds the shards' captions too. A rank decodes and
-embeds only the rows it keeps of each global batch."""
+embeds only the rows it keeps of each global batch. Decode workers (a thread pool decoding the
+next batch ahead) give bitwise the same batches and positions as inline decoding."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,63 @@ def test_streamed_text_expert_honours_gradient_checkpointing(spec, tmp_path, mon
     net, spec_record = load_expert_model(path)
     assert wrapped == [4] and spec_record.text_encoder == "hash"
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def _batches(spec: str, workers: int, targets: str = "class") -> StreamBatches:
+    return StreamBatches(ShardStream(spec, buffer_size=8), targets, None, workers)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_workers_give_the_inline_batches_and_positions(spec, workers) -> None:
+    inline, pooled = _batches(spec, 0), _batches(spec, workers)
+    keep = [6, 0, 2]
+    for step in range(7):  # 7 x 8 > 40: crosses an epoch; the position follows the batches
+        request = (8, keep) if step % 2 else (8, None)
+        want, got = inline.next_batch(*request), pooled.next_batch(*request)
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+        assert inline.keys == pooled.keys
+        assert pooled.state_dict() == inline.state_dict()  # not the batch decoded ahead
+    pooled.close()
+    pooled.close()  # idempotent
+
+
+def test_a_pooled_stream_resumes_at_the_saved_batch(spec) -> None:
+    straight, first = _batches(spec, 2), _batches(spec, 2)
+    expected = [straight.next_batch(8)[0] for _ in range(6)]
+    for batch in expected[:3]:
+        assert torch.equal(first.next_batch(8)[0], batch)
+    saved = json.loads(json.dumps(first.state_dict()))  # as the training state stores it
+    resumed = _batches(spec, 2)
+    resumed.load_state_dict(saved)
+    for batch in expected[3:]:
+        assert torch.equal(resumed.next_batch(8)[0], batch)
+    for batches in (straight, first, resumed):
+        batches.close()
+
+
+def _write_twelve(root: Path, corrupt: int | None) -> str:
+    writer = ShardSetWriter(str(root), 2)
+    for i in range(12):
+        image = b"not a png" if i == corrupt else png_bytes(np.full((1, 8, 8), i, np.uint8))
+        writer.write(ShardSample(f"k/{i:03d}", image, "png", f"c {i}", {"class": "a"}))
+    writer.close()
+    return f"wds:{root}"
+
+
+def test_a_corrupt_sample_fails_the_batch_that_holds_it(tmp_path) -> None:
+    """Decoded ahead or inline, the error comes with the batch holding the sample, not before."""
+    order = ShardStream(_write_twelve(tmp_path / "clean", None), buffer_size=1)
+    seventh = int([order.next_sample().key for _ in range(7)][-1][-3:])
+    spec = _write_twelve(tmp_path / "bad", seventh)  # the 7th sample drawn: in batch 1 of 4
+    for workers in (0, 2):
+        batches = StreamBatches(ShardStream(spec, buffer_size=1), "none", None, workers)
+        batches.next_batch(4)  # with workers, batch 1 is decoded ahead here: no error yet
+        with pytest.raises(HetdiffError, match=rf"key \S*k__{seventh:03d}: corrupt image") as e:
+            batches.next_batch(4)
+        assert "\n" not in str(e.value)
+        batches.close()
+
+
+def test_decode_workers_must_be_a_count(spec) -> None:
+    with pytest.raises(HetdiffError, match="decode workers must be an integer >= 0"):
+        _batches(spec, -1)

@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=StreamSettings().shuffle_buffer,
         help="with --stream: samples in the shuffle buffer (default: %(default)s)",
     )
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=StreamSettings().decode_workers,
+        help="with --stream: threads decoding each batch and the next one ahead while a step "
+        "trains; 0 decodes inline; batches are the same either way (default: %(default)s)",
+    )
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
     p.add_argument(
         "--prediction",
@@ -135,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         allow_lr_change=args.allow_lr_change,
         stream=args.stream,
         shuffle_buffer=args.shuffle_buffer if args.stream else None,
+        decode_workers=args.decode_workers if args.stream else None,
     )
     run_expert_job(job)
     return 0

@@ -63,7 +63,9 @@ class StreamSettings:
     """How an expert reads its shards as a stream (``train-expert --stream``)."""
 
     shuffle_buffer: int = 1000  # samples held (encoded) in the shuffle buffer
+    decode_workers: int = 2  # threads decoding each batch and the next one ahead; 0 = inline
 
     def __post_init__(self) -> None:
         check_fields(self)
         at_least(self, 1, "shuffle_buffer")
+        at_least(self, 0, "decode_workers")

@@ -41,6 +41,7 @@ class ExpertJob:
     allow_lr_change: bool = False  # with resume: continue with settings.lr (after a divergence)
     stream: bool = False  # read the shard spec `data` as a stream (hetdiff.training.stream)
     shuffle_buffer: int | None = None  # with stream: buffer samples; None = StreamSettings'
+    decode_workers: int | None = None  # with stream: decoding threads; None = StreamSettings'
     state_url: str | None = None  # mirror out/train_state to this store folder (state_mirror)
 
     def __post_init__(self) -> None:
@@ -52,7 +53,7 @@ class ExpertJob:
             raise HetdiffError(
                 f"ExpertJob.settings must be ExpertSettings, got {type(self.settings).__name__}"
             )
-        for name in ("resolution", "cluster"):
+        for name in ("resolution", "cluster", "shuffle_buffer", "decode_workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise HetdiffError(f"ExpertJob.{name} must be an integer or null, got {value!r}")
@@ -60,11 +61,6 @@ class ExpertJob:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise HetdiffError(f"ExpertJob.{name} must be a string or null, got {value!r}")
-        if self.shuffle_buffer is not None and (
-            isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int)
-        ):
-            raise HetdiffError(f"ExpertJob.shuffle_buffer must be an integer or null, got "
-                               f"{self.shuffle_buffer!r}")  # fmt: skip
         for name in ("resume", "allow_lr_change", "stream"):
             if not isinstance(getattr(self, name), bool):
                 raise HetdiffError(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +38,32 @@ TARGETS = ("none", "class", "caption")
 class StreamBatches:
     """The loop's ``BatchStream`` over ``stream``; ``targets`` is one of ``TARGETS``;
     ``text_encoder`` (a ``hetdiff.models.text.TextEncoder``) is needed for ``caption``. After
-    ``next_batch``, ``bank`` holds the batch's caption bank (caption targets only)."""
+    ``next_batch``, ``bank`` holds the batch's caption bank (caption targets only).
 
-    def __init__(self, stream: ShardStream, targets: str = "none", text_encoder: Any = None):
+    ``workers`` > 0: a pool of that many threads decodes each batch's samples in parallel and
+    the next batch ahead, while the caller trains on this one (Pillow's decoders and torch's
+    resize release the GIL). Samples are drawn in order on the calling thread and decoding is a
+    pure function of the sample, so the batches are bitwise those of ``workers=0``; the saved
+    position is the one after the last batch handed out, not after the one decoded ahead.
+    ``close()`` drops the pool."""
+
+    def __init__(
+        self, stream: ShardStream, targets: str = "none", text_encoder: Any = None,
+        workers: int = 0,
+    ):  # fmt: skip
         if targets not in TARGETS:
             raise HetdiffError(f"stream targets {targets!r} must be one of {', '.join(TARGETS)}")
         if targets == "caption" and text_encoder is None:
             raise HetdiffError("caption targets need a text encoder")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise HetdiffError(f"decode workers must be an integer >= 0, got {workers!r}")
         self.stream, self.targets, self.text_encoder = stream, targets, text_encoder
         self.fingerprint = f"{stream.fingerprint}-{targets}"
         self.bank: Any = None
         self.keys: list[str] = []  # the keys of the last batch, in batch order
+        self._pool = ThreadPoolExecutor(workers, "hetdiff-decode") if workers else None
+        self._ahead: _Drawn | None = None  # the next batch, drawn and being decoded
+        self._position: dict[str, Any] | None = None  # after the last batch handed out
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -57,10 +74,16 @@ class StreamBatches:
         stream advances by ``size`` either way, and only the kept samples are decoded."""
         from hetdiff.models.text import CaptionBank
 
-        samples = [self.stream.next_sample() for _ in range(size)]
-        if keep is not None:
-            samples = [samples[row] for row in keep]
-        items = [self.stream.decode(sample) for sample in samples]
+        shape = (size, None if keep is None else tuple(keep))
+        drawn, self._ahead = self._ahead, None
+        if drawn is not None and drawn.shape != shape:  # decoded ahead for another request
+            self.stream.load_state_dict(self._position)
+            drawn = None
+        drawn = drawn or self._draw(shape)
+        items = [job.result() if isinstance(job, Future) else job for job in drawn.items]
+        self._position = drawn.position
+        if self._pool is not None:
+            self._ahead = self._draw(shape)  # decoded while the caller trains on this batch
         self.keys = [item.key for item in items]
         images = torch.stack([item.image for item in items])
         if self.targets == "class":
@@ -72,11 +95,43 @@ class StreamBatches:
             return images, torch.arange(len(items), dtype=torch.int64)
         return images, None
 
+    def _draw(self, shape: tuple[int, tuple[int, ...] | None]) -> _Drawn:
+        """Draw the next ``shape[0]`` samples in order; decode the kept ones (in the pool)."""
+        size, keep = shape
+        samples = [self.stream.next_sample() for _ in range(size)]
+        if keep is not None:
+            samples = [samples[row] for row in keep]
+        position = self.stream.state_dict() if self._pool is not None else None
+        if self._pool is None:
+            return _Drawn(shape, [self.stream.decode(sample) for sample in samples], position)
+        return _Drawn(shape, [self._pool.submit(self.stream.decode, s) for s in samples], position)
+
     def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
+        """The position after the last batch handed out (JSON-ready)."""
+        if self._pool is None or self._position is None:
+            return self.stream.state_dict()
+        return self._position
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._ahead, self._position = None, None
         self.stream.load_state_dict(state)
+
+    def close(self) -> None:
+        """Stop decoding ahead and drop the pool's threads (idempotent)."""
+        self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+@dataclass
+class _Drawn:
+    """A drawn batch: its request, its items (decoded, or futures of the pool) and the stream
+    position after it (with a pool)."""
+
+    shape: tuple[int, tuple[int, ...] | None]
+    items: list[Any]
+    position: dict[str, Any] | None
 
 
 def train_streamed_expert(
@@ -85,6 +140,7 @@ def train_streamed_expert(
     out_dir: str | Path,
     resolution: int | None = None,
     shuffle_buffer: int = StreamSettings().shuffle_buffer,
+    decode_workers: int = StreamSettings().decode_workers,
     resume: bool = False,
     allow_lr_change: bool = False,
     state_url: str | None = None,
@@ -93,6 +149,7 @@ def train_streamed_expert(
     docstring); return ``out_dir/expert.safetensors``. The checkpoint records the stream's
     classes (class-conditional) or the text encoder, the data spec and the stream fingerprint.
     ``state_url`` mirrors each committed training state to a store (``training.state_mirror``).
+    ``decode_workers`` threads decode each batch and the next one ahead (``StreamBatches``).
     """
     from hetdiff.experts.build import build_expert_spec
     from hetdiff.experts.store import save_expert
@@ -108,7 +165,7 @@ def train_streamed_expert(
         targets = "caption"
     else:
         targets = "class" if settings.class_conditional else "none"
-    batches = StreamBatches(stream, targets, encoder)
+    batches = StreamBatches(stream, targets, encoder, decode_workers)
     info = _DataInfo(stream, spec, f"stream-{batches.fingerprint}")
     net, model_dict, loss_fn = expert_net_and_loss(
         settings, info, None if encoder is None else encoder.dim,
@@ -121,8 +178,11 @@ def train_streamed_expert(
         save_expert(checkpoint, ema_state, spec_record)
 
     config = train_config_for(settings, len(stream))
-    train(net, batches, None, loss_fn, config, out_dir, on_checkpoint, resume=resume,
-          allow_lr_change=allow_lr_change, state_url=state_url)  # fmt: skip
+    try:
+        train(net, batches, None, loss_fn, config, out_dir, on_checkpoint, resume=resume,
+              allow_lr_change=allow_lr_change, state_url=state_url)  # fmt: skip
+    finally:
+        batches.close()
     return checkpoint
 
 
@@ -149,14 +209,17 @@ def run_streamed_job(job: Any) -> Path:
             raise HetdiffError(f"--stream does not take {flag}; train from the cluster's own "
                                "shards (hetdiff split) or drop --stream")  # fmt: skip
     s = job.settings
-    given = {} if job.shuffle_buffer is None else {"shuffle_buffer": job.shuffle_buffer}
-    buffer = StreamSettings(**given).shuffle_buffer  # checked: >= 1
+    given = {name: value for name in ("shuffle_buffer", "decode_workers")
+             if (value := getattr(job, name)) is not None}  # fmt: skip
+    stream = StreamSettings(**given)  # checked: buffer >= 1, workers >= 0
+    buffer, workers = stream.shuffle_buffer, stream.decode_workers
     print(f"training {s.objective} expert ({s.prediction}) on {job.data} as a stream "
-          f"(shuffle buffer {buffer}) -> {job.out}")  # fmt: skip
+          f"(shuffle buffer {buffer}, {workers} decode workers) -> {job.out}")  # fmt: skip
     print(json.dumps({"settings": s.to_dict(), "data": job.data, "shuffle_buffer": buffer}))
     path = train_streamed_expert(
         job.data, s, job.out, resolution=job.resolution, shuffle_buffer=buffer,
-        resume=job.resume, allow_lr_change=job.allow_lr_change, state_url=job.state_url,
+        decode_workers=workers, resume=job.resume,
+        allow_lr_change=job.allow_lr_change, state_url=job.state_url,
     )  # fmt: skip
     print(f"wrote {path}")
     return path
