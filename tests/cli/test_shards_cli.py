@@ -1,5 +1,5 @@
-"""``hetdiff export-data``, ``features`` and ``split``: features under torchrun equal
-single-process features for every key; a killed run resumes without recomputing finished
+"""``hetdiff export-data``, ``features`` and ``split``: features under torchrun, decoded inline,
+equal single-process features decoded ahead by threads, for every key; a killed run resumes without recomputing finished
 shards; split writes K shard sets whose union is the data set, each key once; ``train-expert``
 trains from one cluster's shards; tiny random DINOv2 and CLIP vision folders encode."""
 
@@ -52,6 +52,7 @@ def test_features_under_torchrun_equal_single_process(shards) -> None:
     )
     command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "hetdiff"]
     command += ["features", "--data", spec, "--encoder", ENCODER, "--out", str(root / "two")]
+    command += ["--decode-workers", "0"]  # inline decoding, against the default 2 threads
     done = subprocess.run(
         command + ["--quiet"], env=_env(), capture_output=True, text=True, timeout=300
     )

@@ -33,6 +33,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="images per encoder call"
     )
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=d.decode_workers,
+        help="threads decoding images ahead of the encoder; 0 decodes inline; the features "
+        "are the same either way (default: %(default)s)",
+    )
     parser.add_argument("--out", required=True, help="features folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=handler)
@@ -41,6 +48,8 @@ def register(subparsers: Any) -> None:
 def handler(args: argparse.Namespace) -> int:
     from hetdiff.pipeline.shards import features_command
 
-    settings = FeatureSettings(encoder=args.encoder, batch_size=args.batch_size)
+    settings = FeatureSettings(
+        encoder=args.encoder, batch_size=args.batch_size, decode_workers=args.decode_workers
+    )
     features_command(args.data, args.out, settings, progress=not args.quiet)
     return 0

@@ -32,10 +32,12 @@ class FeatureSettings:
 
     encoder: str = DEFAULT_ENCODER  # a registered encoder (efficientnet-lite0@<px>) or hf:PATH
     batch_size: int = 64  # images per encoder call
+    decode_workers: int = 2  # threads decoding ahead of the encoder; 0 = inline
 
     def __post_init__(self) -> None:
         check_fields(self)
         at_least(self, 1, "batch_size")
+        at_least(self, 0, "decode_workers")
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,17 @@ Each file is written atomically (``hetdiff.io.atomic_path``). Work is split by w
 rank r of w processes takes shards r, r + w, r + 2w, ... of the spec's list. The same image
 always gives the same row whatever the process count: images are decoded one by one (center
 square, RGB, resized with Pillow to the encoder's input side) and encoded in fixed batches
-that restart at each shard. ``features.json`` (:func:`write_feature_index`) lists every shard.
+that restart at each shard. With ``decode_workers`` > 0 a pool of threads decodes up to two
+batches ahead of the encoder (Pillow releases the GIL), in order: the same rows. ``features.json`` (:func:`write_feature_index`) lists every shard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import torch
 
 from hetdiff.data.features import Encoder
 from hetdiff.data.shards import (
+    ShardSample,
     ShardSet,
     decode_square,
     iter_shard,
@@ -65,6 +69,30 @@ def check_encoder(meta: dict[str, Any], encoder_key: str, folder: str | Path) ->
         )
 
 
+def decoded_images(
+    samples: Iterable[ShardSample], shard: str, side: int, pool: Executor | None, ahead: int
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, (side, side, 3) uint8) of each sample, in order; with ``pool``, up to ``ahead``
+    samples are being decoded while the caller works. A corrupt image raises in its turn."""
+    if pool is None:
+        for sample in samples:
+            yield sample.key, resize_square(decode_square(sample, shard, rgb=True), side)
+        return
+
+    def decode(sample: ShardSample) -> np.ndarray:
+        return resize_square(decode_square(sample, shard, rgb=True), side)
+
+    pending: deque[tuple[str, Future[np.ndarray]]] = deque()
+    for sample in samples:
+        pending.append((sample.key, pool.submit(decode, sample)))
+        if len(pending) > ahead:
+            key, future = pending.popleft()
+            yield key, future.result()
+    while pending:
+        key, future = pending.popleft()
+        yield key, future.result()
+
+
 def encode_shard(
     shard_set: ShardSet,
     shard: str,
@@ -72,9 +100,11 @@ def encode_shard(
     folder: str | Path,
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
+    pool: Executor | None = None,
 ) -> dict[str, Any]:
     """Encode every sample of ``shard`` and write its three files (module docstring); returns
-    the shard's JSON record. ``on_batch(n)`` is called after each batch of n images."""
+    the shard's JSON record. ``on_batch(n)`` is called after each batch of n images; ``pool``
+    (threads) decodes up to two batches ahead."""
     side = input_side(encoder)
     digest = hashlib.sha256()
     keys: list[str] = []
@@ -91,9 +121,10 @@ def encode_shard(
             on_batch(len(batch))
         batch.clear()
 
-    for sample in iter_shard(shard_set, shard, digest):
-        keys.append(sample.key)
-        batch.append(resize_square(decode_square(sample, shard, rgb=True), side))
+    samples = iter_shard(shard_set, shard, digest)
+    for key, image in decoded_images(samples, shard, side, pool, 2 * batch_size):
+        keys.append(key)
+        batch.append(image)
         if len(batch) == batch_size:
             flush()
     if batch:
@@ -128,20 +159,27 @@ def extract_features(
     *,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
+    decode_workers: int = 0,
 ) -> tuple[list[str], list[str]]:
     """Encode this rank's shards of ``spec`` (shards ``rank::world``) into ``folder``, skipping
-    finished ones; ``batch_size`` images per encoder call (``FeatureSettings``). Returns ``(computed, skipped)`` shard lists. Refuses a folder whose finished
-    features come from another encoder."""
+    finished ones; ``batch_size`` images per encoder call and ``decode_workers`` decoding
+    threads (``FeatureSettings``; 0 decodes inline). Returns ``(computed, skipped)`` shard
+    lists. Refuses a folder whose finished features come from another encoder."""
     shard_set = parse_shard_spec(spec)
     computed, skipped = [], []
-    for shard in shard_set.shards[rank::world]:
-        meta = shard_meta(folder, shard)
-        if meta is not None:
-            check_encoder(meta, encoder.key, folder)
-            skipped.append(shard)
-            continue
-        encode_shard(shard_set, shard, encoder, folder, batch_size, on_batch)
-        computed.append(shard)
+    pool = ThreadPoolExecutor(decode_workers, "hetdiff-decode") if decode_workers else None
+    try:
+        for shard in shard_set.shards[rank::world]:
+            meta = shard_meta(folder, shard)
+            if meta is not None:
+                check_encoder(meta, encoder.key, folder)
+                skipped.append(shard)
+                continue
+            encode_shard(shard_set, shard, encoder, folder, batch_size, on_batch, pool)
+            computed.append(shard)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     return computed, skipped
 
 

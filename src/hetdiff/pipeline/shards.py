@@ -63,8 +63,9 @@ def features_command(
     try:
         bar = tqdm(desc=f"features rank {rank}", unit="img", disable=not progress)
         computed, skipped = extract_features(
-            data, model, out, rank=rank, world=world, batch_size=batch_size, on_batch=bar.update
-        )
+            data, model, out, rank=rank, world=world, batch_size=batch_size,
+            on_batch=bar.update, decode_workers=settings.decode_workers,
+        )  # fmt: skip
         bar.close()
         print(
             f"rank {rank}/{world}: encoded {len(computed)} shard(s), "
