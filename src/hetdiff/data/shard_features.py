@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hetdiff.data.ahead import map_ahead
 from hetdiff.data.features import Encoder
 from hetdiff.data.shards import (
     ShardSample,
@@ -73,24 +73,13 @@ def decoded_images(
     samples: Iterable[ShardSample], shard: str, side: int, pool: Executor | None, ahead: int
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(key, (side, side, 3) uint8) of each sample, in order; with ``pool``, up to ``ahead``
-    samples are being decoded while the caller works. A corrupt image raises in its turn."""
-    if pool is None:
-        for sample in samples:
-            yield sample.key, resize_square(decode_square(sample, shard, rgb=True), side)
-        return
+    samples are being decoded while the caller works (``hetdiff.data.ahead.map_ahead``)."""
 
     def decode(sample: ShardSample) -> np.ndarray:
         return resize_square(decode_square(sample, shard, rgb=True), side)
 
-    pending: deque[tuple[str, Future[np.ndarray]]] = deque()
-    for sample in samples:
-        pending.append((sample.key, pool.submit(decode, sample)))
-        if len(pending) > ahead:
-            key, future = pending.popleft()
-            yield key, future.result()
-    while pending:
-        key, future = pending.popleft()
-        yield key, future.result()
+    for sample, image in map_ahead(decode, samples, pool, ahead):
+        yield sample.key, image
 
 
 def encode_shard(
