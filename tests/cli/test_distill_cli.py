@@ -109,6 +109,30 @@ def test_distillation_lowers_its_loss_and_the_student_samples_normally(registry,
     assert png.stat().st_size > 0
 
 
+@pytest.mark.slow  # torch.compile of the student, two experts and the router (cold cache)
+def test_distill_compile_trains_the_eager_student(registry, tmp_path):
+    """``--compile`` compiles the teacher's networks and the student (torch builds graphs) and
+    trains the default's student: the same log steps, weights equal to float rounding."""
+    from torch._dynamo.utils import counters
+
+    from hetdiff.experts.store import load_expert_state
+
+    experts, router = registry
+    base = ["distill", "--experts", str(experts), "--router", str(router), "--model", "tiny",
+            "--steps", "6", "--batch-size", "16", "--checkpoint-every", "6", "--no-progress"]  # fmt: skip
+    graphs = counters["stats"]["unique_graphs"]
+    assert main([*base, "--out", str(tmp_path / "eager")]) == 0
+    assert counters["stats"]["unique_graphs"] == graphs  # the default compiles nothing
+    assert main([*base, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    # the student's graph, the router's and the experts' (one graph serves both: same code)
+    assert counters["stats"]["unique_graphs"] >= graphs + 3
+    eager, _ = load_expert_state(tmp_path / "eager" / "expert.safetensors")
+    compiled, _ = load_expert_state(tmp_path / "compiled" / "expert.safetensors")
+    assert eager.keys() == compiled.keys()
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_distillation_inputs_are_one_line_errors(registry, tmp_path, capsys):
     experts, router = registry
     (experts / "b.safetensors").unlink()

@@ -35,3 +35,13 @@ def test_distill_loss_is_the_squared_gap_to_the_teacher_velocity():
     with torch.no_grad():
         gap = student(x_t, t * 1000, labels) - teacher_net(x_t, t * 1000, labels)
     assert torch.allclose(got, gap.pow(2).flatten(1).mean(1), rtol=1e-5, atol=0)
+
+
+def test_compile_is_the_trainers_speed_setting():
+    """``DistillSettings.compile`` reaches the loop's TrainConfig (the trainer compiles the
+    student); off by default. The compiled run itself: tests/cli/test_distill_cli.py (slow)."""
+    from hetdiff.config import DistillSettings
+    from hetdiff.training.expert import train_config_for
+
+    assert train_config_for(DistillSettings(compile=True), 100).compile is True
+    assert train_config_for(DistillSettings(), 100).compile is False

@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --resume: continue with this --lr instead of the saved one (after a divergence)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the teacher's networks and the student and fuse AdamW; equal to the "
+        "default to float rounding, the first steps pay the compilation",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         progress=not args.no_progress,
+        compile=args.compile,
     )
     distill_command(
         args.experts,

@@ -253,6 +253,9 @@ class DistillSettings:
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 | auto
     progress: bool = True
+    # speed only (toggled on resume): torch.compile the student (+ fused AdamW) and the teacher's
+    # networks; equal to eager to float rounding; the first steps pay the compilation
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -14,6 +14,7 @@ from hetdiff.config import DistillSettings
 from hetdiff.errors import HetdiffError
 from hetdiff.experts.store import list_experts
 from hetdiff.io import atomic_write_json
+from hetdiff.sampling.compiled import compile_for_sampling
 from hetdiff.sampling.ensemble import load_ensemble
 from hetdiff.training.distill import distill, union_dataset
 
@@ -45,7 +46,8 @@ def distill_command(
 
     ``partition`` (a manifest from ``hetdiff cluster``) restricts the data to the clusters that
     have an expert; without it the student trains on the experts' whole data set (refused when
-    clusters are missing). The teacher routes with ``settings.strategy``.
+    clusters are missing). The teacher routes with ``settings.strategy``; ``settings.compile``
+    compiles the teacher's networks and the student (``torch.compile``, a speed setting).
     """
     settings = settings or DistillSettings()
     out_dir = Path(out_dir)
@@ -67,6 +69,8 @@ def distill_command(
         allow_missing=allow_missing,
         seed=settings.seed,
     ).eval()
+    if settings.compile:  # the student is compiled by the trainer (TrainConfig.compile)
+        compile_for_sampling(teacher)
     entries = list_experts(experts_dir)
     specs = [spec for _, spec in entries]
     loaded = None
