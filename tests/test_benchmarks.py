@@ -1,4 +1,5 @@
-"""The GPU check script runs its code path on the CPU and skips, saying so, without CUDA."""
+"""The GPU check script runs its code path on the CPU and skips, saying so, without CUDA; the
+evidence and stream-decoding benchmarks run at a tiny size."""
 
 from __future__ import annotations
 
@@ -134,3 +135,15 @@ def test_evidence_smoke_writes_every_part_and_reuses_its_cache(tmp_path):
     assert "plan:" not in third.stdout and " trained " not in third.stdout
     assert _table_rows(partial.read_text()) == rows
     assert "0 evaluations and 0 trainings of this plan have not run" in partial.read_text()
+
+
+def test_stream_decode_benchmark_runs_and_checks_its_batches():
+    """benchmarks/stream_decode.py at a tiny size: both kinds of step run, the batches of the
+    pooled and inline streams are compared (an assertion inside), and a ratio is printed."""
+    cmd = [sys.executable, str(ROOT / "benchmarks/stream_decode.py"), "--images", "64",
+           "--width", "48", "--height", "40", "--resolution", "8", "--batch", "8",
+           "--batches", "2", "--rounds", "2", "--step-ms", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ratios = re.findall(r"ratio 2 workers / inline: ([\d.]+)x", done.stdout)
+    assert len(ratios) == 2 and all(float(r) > 0 for r in ratios), done.stdout
