@@ -97,6 +97,21 @@ def prepare_attempt(job_path: str | Path) -> bool:
     return resume
 
 
+def attempt_line(job_path: str | Path, resume: bool) -> str:
+    """The first line an attempt writes to the job's log: whether it resumes from a committed
+    checkpoint in its folder, or starts, which for a job with a ``state_url`` may still resume
+    from a newer state committed in the store (the job pulls it first: ``run_expert_job``)."""
+    from hetdiff.training.jobs import ExpertJob
+
+    if resume:
+        what = "resuming from its last checkpoint"
+    elif ExpertJob.read(job_path).state_url is not None:
+        what = "starting, unless its store holds a committed training state to resume from"
+    else:
+        what = "starting"
+    return f"{ATTEMPT_LINE} {what}"
+
+
 def job_command(job_path: str | Path, tasks: int = 1) -> list[str]:
     """The one command every launcher runs for an expert; ``tasks`` > 1 on this machine runs it
     as that many data-parallel processes under ``torch.distributed.run --standalone`` (a Slurm
@@ -135,9 +150,7 @@ def run_job_process(
     resume = prepare_attempt(job_path)
     log_path = Path(job_path).parent / log_name(rank)
     with open(log_path, "a") as log:
-        log.write(
-            f"{ATTEMPT_LINE} {'resuming from its last checkpoint' if resume else 'starting'}\n"
-        )
+        log.write(attempt_line(job_path, resume) + "\n")
         log.flush()
         done = subprocess.run(
             job_command(job_path), stdout=log, stderr=subprocess.STDOUT,
