@@ -22,11 +22,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hetdiff.config import ResourceSettings
 from hetdiff.io import atomic_path, atomic_write_json
 from hetdiff.threads import SPIN_COUNT
+
+if TYPE_CHECKING:
+    from hetdiff.training.jobs import ExpertJob
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
@@ -82,9 +85,9 @@ def committed_state(folder: str | Path) -> bool:
     return read_manifest(Path(folder) / STATE_DIRNAME) is not None
 
 
-def prepare_attempt(job_path: str | Path) -> bool:
+def prepare_attempt(job_path: str | Path) -> ExpertJob:
     """Re-read the job at ``job_path`` and rewrite it with ``resume`` set from its folder (a
-    committed checkpoint resumes; a partial first one starts over); returns ``resume``."""
+    committed checkpoint resumes; a partial first one starts over); returns the job as written."""
     import dataclasses
 
     from hetdiff.training.jobs import ExpertJob
@@ -92,20 +95,20 @@ def prepare_attempt(job_path: str | Path) -> bool:
     job = ExpertJob.read(job_path)
     resume = committed_state(job.out)
     if resume != job.resume:
+        job = dataclasses.replace(job, resume=resume)
         with atomic_path(job_path) as tmp:
-            tmp.write_text(dataclasses.replace(job, resume=resume).to_json())
-    return resume
+            tmp.write_text(job.to_json())
+    return job
 
 
-def attempt_line(job_path: str | Path, resume: bool) -> str:
-    """The first line an attempt writes to the job's log: whether it resumes from a committed
-    checkpoint in its folder, or starts, which for a job with a ``state_url`` may still resume
-    from a newer state committed in the store (the job pulls it first: ``run_expert_job``)."""
-    from hetdiff.training.jobs import ExpertJob
-
-    if resume:
+def attempt_line(job: ExpertJob) -> str:
+    """The first line an attempt at ``job`` writes to its log: whether it resumes from a
+    committed checkpoint in its folder, or starts, which for a job with a ``state_url`` may
+    still resume from a newer state committed in the store (the job pulls it first:
+    ``run_expert_job``)."""
+    if job.resume:
         what = "resuming from its last checkpoint"
-    elif ExpertJob.read(job_path).state_url is not None:
+    elif job.state_url is not None:
         what = "starting, unless its store holds a committed training state to resume from"
     else:
         what = "starting"
@@ -147,10 +150,10 @@ def run_job_process(
     (``log_name(rank)`` for process ``rank`` of a multi-process job, whose rendezvous variables
     ``environ`` adds), and return its exit status. Every rank computes the same ``resume``: no
     rank commits a checkpoint before all have joined the process group."""
-    resume = prepare_attempt(job_path)
+    job = prepare_attempt(job_path)
     log_path = Path(job_path).parent / log_name(rank)
     with open(log_path, "a") as log:
-        log.write(attempt_line(job_path, resume) + "\n")
+        log.write(attempt_line(job) + "\n")
         log.flush()
         done = subprocess.run(
             job_command(job_path), stdout=log, stderr=subprocess.STDOUT,
