@@ -69,7 +69,7 @@ def test_decoded_images_and_labels_equal_the_in_memory_data_set(spec, resolution
     row_of = {key: row for row, key in enumerate(shard_keys(spec))}
     stream = ShardStream(spec, resolution=resolution, buffer_size=50, seed=0)
     assert stream.class_names == memory.class_names and stream.channels == memory.channels
-    for item in stream.take(300):
+    for item in (stream.decode(stream.next_sample()) for _ in range(300)):
         row = row_of[item.key]
         assert torch.equal(item.image, memory.images[row]), item.key
         assert item.label == int(memory.labels[row])

@@ -12,7 +12,8 @@ rank r of w processes takes shards r, r + w, r + 2w, ... of the spec's list. The
 always gives the same row whatever the process count: images are decoded one by one (center
 square, RGB, resized with Pillow to the encoder's input side) and encoded in fixed batches
 that restart at each shard. With ``decode_workers`` > 0 a pool of threads decodes up to two
-batches ahead of the encoder (Pillow releases the GIL), in order: the same rows. ``features.json`` (:func:`write_feature_index`) lists every shard.
+batches ahead of the encoder (Pillow releases the GIL), in order: the same rows.
+``features.json`` (:func:`write_feature_index`) lists every shard.
 """
 
 from __future__ import annotations

@@ -223,10 +223,6 @@ class ShardStream:
         image = _to_float_images(raw, self.resolution, self.channels)[0]
         return StreamItem(sample.key, image, sample.caption, self._class_ids[class_name])
 
-    def take(self, count: int) -> list[StreamItem]:
-        """The next ``count`` samples, decoded."""
-        return [self.decode(self.next_sample()) for _ in range(count)]
-
     # ---------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
         """The stream's position as JSON-ready values (module docstring)."""

@@ -43,8 +43,8 @@ class BatchStream(Protocol):
     (None, (B,) int64 or a tuple of them). ``next_batch(B, keep)`` advances the stream by the
     same B samples but returns only rows ``keep`` (indices into the global batch, in that
     order): (len(keep), C, H, W) images and their targets, so a rank decodes only what it
-    trains on. ``state_dict()`` / ``load_state_dict()`` save and
-    restore the position as JSON-ready values, so a resumed run gets the same batches;
+    trains on. ``state_dict()`` / ``load_state_dict()`` save and restore the position as
+    JSON-ready values, so a resumed run gets the same batches;
     ``fingerprint`` names the data (a resume refuses another); ``len()`` is the sample count.
     """
 
