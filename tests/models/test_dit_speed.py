@@ -1,5 +1,6 @@
-"""The DiT's speed paths: contiguous patch tokens (bitwise the previous outputs and gradients)
-and ``compile_blocks`` (state-dict keys kept, eager outputs to float rounding)."""
+"""The DiT's speed paths: contiguous patch tokens and q/k/v taken per slice (bitwise the previous
+outputs and gradients) and ``compile_blocks`` (state-dict keys kept, eager outputs to float
+rounding)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor
 from hetdiff.conditioning import Conditioning
 from hetdiff.errors import HetdiffError
 from hetdiff.models.dit import DiT, DiTConfig, compile_blocks
-from hetdiff.models.dit_blocks import gelu_tanh, gelu_tanh_as_sigmoid
+from hetdiff.models.dit_blocks import SelfAttention, gelu_tanh, gelu_tanh_as_sigmoid
 from hetdiff.models.embeddings import PatchEmbed
 
 BASE = dict(input_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2, num_heads=4)
@@ -29,6 +30,18 @@ class PreviousPatchEmbed(PatchEmbed):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+
+
+class PreviousSelfAttention(SelfAttention):
+    """Self-attention as it was before: q, k, v by a permute of the whole qkv output, whose
+    backward stacked their gradients and copied the stack again."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
 def randomized(config: DiTConfig, seed: int = 0) -> DiT:
@@ -83,6 +96,8 @@ def test_defaults_give_bitwise_the_previous_outputs_and_gradients(config: DiTCon
     model = randomized(config)
     previous = copy.deepcopy(model)
     previous.x_embedder.__class__ = PreviousPatchEmbed
+    for block in previous.blocks:
+        block.attn.__class__ = PreviousSelfAttention
     out, grads = output_and_grads(model, config)
     out_prev, grads_prev = output_and_grads(previous, config)
     assert out.abs().max() > 0.1  # a real output, not zeros

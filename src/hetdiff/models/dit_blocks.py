@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hetdiff.models.compiled_cpu import compiling_for_cpu, linear_bias_apart, linear_gelu_tanh
+
 #################################################################################
 #                               Transformer block                               #
 #################################################################################
@@ -31,7 +33,7 @@ def gelu_tanh(h: Tensor) -> Tensor:
     vectorized tanh: 2.4x faster forward + backward at (4096, 512) on 2 cores, equal to float32
     rounding (both forms 7.4e-7 from the float64 value on [-16, 16]).
     """
-    if torch.compiler.is_compiling() and h.device.type == "cpu":
+    if compiling_for_cpu(h):
         return gelu_tanh_as_sigmoid(h)
     return F.gelu(h, approximate="tanh")
 
@@ -47,7 +49,13 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection; (B, N, D) -> (B, N, D)."""
+    """Multi-head self-attention with one fused qkv projection; (B, N, D) -> (B, N, D).
+
+    q, k and v are views of the qkv output taken as (B, N, heads, D/heads) slices, then
+    transposed: the same strides as a permute of the whole (B, N, 3, heads, D/heads), but their
+    gradients, which attention returns in (B, N, heads, D/heads) memory order, stack back into
+    the qkv gradient in one copy (the permute's backward stacked, then copied again).
+    """
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -58,9 +66,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, D/heads)
+        q, k, v = (part.transpose(1, 2) for part in qkv.unbind(2))  # 3 x (B, heads, N, D/heads)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D/heads)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        out = out.transpose(1, 2).reshape(B, N, D)
+        if compiling_for_cpu(x):  # the bias joins the gated residual's kernel
+            return linear_bias_apart(out, self.proj.weight, self.proj.bias)
+        return self.proj(out)
 
 
 class CrossAttention(nn.Module):
@@ -85,7 +96,8 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU(tanh) -> Linear; (B, N, D) -> (B, N, D)."""
+    """Linear -> GELU(tanh) -> Linear; (B, N, D) -> (B, N, D). Compiling for a CPU: the same
+    math through ``compiled_cpu`` (biases added in the kernels that follow the GEMMs)."""
 
     def __init__(self, hidden_size: int, mlp_ratio: float):
         super().__init__()
@@ -94,6 +106,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(inner, hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        if compiling_for_cpu(x):  # biases added in the GELU's and the residual's kernels
+            inner = linear_gelu_tanh(x, self.fc1.weight, self.fc1.bias)
+            return linear_bias_apart(inner, self.fc2.weight, self.fc2.bias)
         return self.fc2(gelu_tanh(self.fc1(x)))
 
 
