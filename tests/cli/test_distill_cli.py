@@ -133,7 +133,9 @@ def test_distill_compile_trains_the_eager_student(registry, tmp_path):
         torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5)
 
 
-def test_bad_distillation_inputs_are_one_line_errors(registry, tmp_path, capsys):
+def test_bad_distillation_inputs_are_one_line_errors_that_write_nothing(
+    registry, tmp_path, capsys
+):
     experts, router = registry
     (experts / "b.safetensors").unlink()
     argv = ["distill", "--experts", str(experts), "--router", str(router), "--steps", "2",
@@ -142,12 +144,14 @@ def test_bad_distillation_inputs_are_one_line_errors(registry, tmp_path, capsys)
         assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "clusters [1] have no expert; pass --partition" in err and "\n" not in err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
     write_expert(experts, "b", 1, seed=2, data_spec="mnist5k")
     argv = ["distill", "--experts", str(experts), "--router", str(router), "--steps", "2",
             "--out", str(tmp_path / "s2"), "--no-progress"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "the experts record data specs ['digits', 'mnist5k']" in err and "\n" not in err
+    assert not (tmp_path / "s2").exists()
     from hetdiff.config import DistillSettings
 
     # a bad strategy is refused when the settings are built, before any ensemble is loaded

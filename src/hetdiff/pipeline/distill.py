@@ -51,7 +51,6 @@ def distill_command(
     """
     settings = settings or DistillSettings()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "settings": settings.__dict__,
         "experts": str(experts_dir),
@@ -59,7 +58,6 @@ def distill_command(
         "partition": None if partition is None else str(partition),
     }
     print(json.dumps(resolved, default=str))
-    atomic_write_json(out_dir / "distill_config.json", resolved)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = load_ensemble(
         experts_dir,
@@ -84,6 +82,9 @@ def distill_command(
             "student trains on the clusters present only"
         )
     dataset = union_dataset(specs, teacher.cluster_ids, loaded)
+    # written once the inputs passed their checks: a refused distillation leaves no out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "distill_config.json", resolved)
     provenance: dict[str, Any] = {
         "distilled_from": {
             "experts": [
