@@ -133,9 +133,7 @@ def test_distill_compile_trains_the_eager_student(registry, tmp_path):
         torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5)
 
 
-def test_bad_distillation_inputs_are_one_line_errors_that_write_nothing(
-    registry, tmp_path, capsys
-):
+def test_bad_distillation_inputs_are_one_line_errors_that_write_nothing(registry, tmp_path, capsys):
     experts, router = registry
     (experts / "b.safetensors").unlink()
     argv = ["distill", "--experts", str(experts), "--router", str(router), "--steps", "2",
