@@ -99,3 +99,25 @@ def test_a_dit_traced_with_the_forms_equals_the_eager_dit() -> None:
     for name, grad in grads_eager.items():
         error = (grads_traced[name] - grad).abs().max()
         assert error <= 1e-4 * grad.abs().max().clamp_min(1e-6), name
+
+
+def test_the_block_takes_the_forms_when_compiled_for_a_cpu() -> None:
+    """The speed path is really taken: traced for a CPU, the MLP and the attention output hold
+    no F.linear (addmm and its bias copy) but plain matmuls; eager they are F.linear."""
+    from hetdiff.models.dit_blocks import Mlp, SelfAttention
+
+    targets: list[list[str]] = []
+
+    def recording_backend(gm: torch.fx.GraphModule, example_inputs):
+        targets.append([getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes])
+        return gm.forward
+
+    x = torch.randn(2, 8, 16)
+    for module in (Mlp(16, 4.0), SelfAttention(16, 2)):
+        eager = module(x)
+        traced = torch.compile(module, backend=recording_backend, fullgraph=True)(x)
+        torch.testing.assert_close(traced, eager)
+    torch._dynamo.reset()
+    mlp_calls, attention_calls = targets
+    assert "linear" not in mlp_calls and mlp_calls.count("matmul") == 2
+    assert attention_calls.count("linear") == 1 and attention_calls.count("matmul") == 1  # qkv
