@@ -46,28 +46,32 @@ def column_sum(g: Tensor) -> Tensor:
     return rows.view(count // _ROW_GROUP, _ROW_GROUP, -1).sum(1).sum(0)
 
 
-def _gelu_tanh_parts(h: Tensor) -> tuple[Tensor, Tensor]:
-    """s = sigmoid(z), z = 2 sqrt(2 / pi) (h + 0.044715 h^3), and dz/dh; GELU(h) = h s."""
-    z = _TWO_SQRT_2_OVER_PI * (h + _CUBIC * h * h * h)
-    dz = _TWO_SQRT_2_OVER_PI * (1 + 3 * _CUBIC * h * h)
-    return torch.sigmoid(z), dz
+def _sigmoid_argument(h: Tensor) -> Tensor:
+    """z = 2u = 2 sqrt(2 / pi) (h + 0.044715 h^3): the tanh GELU is h sigmoid(z)."""
+    return _TWO_SQRT_2_OVER_PI * (h + _CUBIC * h * h * h)
+
+
+def gelu_tanh_as_sigmoid(h: Tensor) -> Tensor:
+    """The tanh-approximate GELU written h * sigmoid(2u), u = sqrt(2 / pi) (h + 0.044715 h^3)
+    (0.5 (1 + tanh u) = sigmoid(2u)); any shape."""
+    return h * torch.sigmoid(_sigmoid_argument(h))
 
 
 class _BiasGeluTanh(torch.autograd.Function):
-    """(h0, bias) -> GELU_tanh(h0 + bias); backward: dh = g (s + h s (1 - s) dz/dh)."""
+    """(h0, bias) -> GELU_tanh(h0 + bias); backward: dh = g (s + h s (1 - s) dz/dh), s =
+    sigmoid(z), dz/dh = 2 sqrt(2 / pi) (1 + 3 * 0.044715 h^2)."""
 
     @staticmethod
     def forward(ctx, h0: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        h = h0 + bias
-        s, _ = _gelu_tanh_parts(h)
         ctx.save_for_backward(h0, bias)
-        return h * s
+        return gelu_tanh_as_sigmoid(h0 + bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         h0, bias = ctx.saved_tensors
         h = h0 + bias
-        s, dz = _gelu_tanh_parts(h)
+        s = torch.sigmoid(_sigmoid_argument(h))
+        dz = _TWO_SQRT_2_OVER_PI * (1 + 3 * _CUBIC * h * h)
         grad_h = grad * (s + h * s * (1 - s) * dz)
         return grad_h, column_sum(grad_h)
 

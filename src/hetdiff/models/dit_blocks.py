@@ -13,14 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hetdiff.models.compiled_cpu import compiling_for_cpu, linear_bias_apart, linear_gelu_tanh
+from hetdiff.models.compiled_cpu import (
+    compiling_for_cpu,
+    gelu_tanh_as_sigmoid,
+    linear_bias_apart,
+    linear_gelu_tanh,
+)
 
 #################################################################################
 #                               Transformer block                               #
 #################################################################################
-
-
-_TWO_SQRT_2_OVER_PI = 1.5957691216057308  # 2 * sqrt(2 / pi)
 
 
 def gelu_tanh(h: Tensor) -> Tensor:
@@ -36,11 +38,6 @@ def gelu_tanh(h: Tensor) -> Tensor:
     if compiling_for_cpu(h):
         return gelu_tanh_as_sigmoid(h)
     return F.gelu(h, approximate="tanh")
-
-
-def gelu_tanh_as_sigmoid(h: Tensor) -> Tensor:
-    """The tanh-approximate GELU written h * sigmoid(2u), u = sqrt(2 / pi) (h + 0.044715 h^3)."""
-    return h * torch.sigmoid(_TWO_SQRT_2_OVER_PI * (h + 0.044715 * h * h * h))
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
